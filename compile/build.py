@@ -1,0 +1,381 @@
+"""`kiln compile`: export, optimize, quantize, validate, and write a self-describing artifact.
+
+The steps, in order: resolve the model (local directory or Hub snapshot), infer the task, export
+fp32 ONNX with optimum, derive the candidates (graph-optimized fp32, int8 on CPU, fp16 on CUDA),
+validate each against PyTorch, keep the fastest that passes (or the one asked for, which must
+pass), and move the finished directory into place in one rename. The manifest is written last,
+so an interrupted run never leaves a directory that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import runtime
+from compile import validate
+from compile.tasks import ExportSpec, export_spec, infer_task
+from runtime.artifact import (
+    MANIFEST,
+    Manifest,
+    Source,
+    TokenizerInfo,
+    Validation,
+    is_artifact,
+    read_manifest,
+    sha256,
+    verify_files,
+    write_manifest,
+)
+from runtime.errors import KilnError
+from runtime.session import providers_for
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json")
+
+
+class Device(StrEnum):
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+class Precision(StrEnum):
+    AUTO = "auto"
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+
+
+class Optimization(StrEnum):
+    NONE = "none"
+    O1 = "O1"
+    O2 = "O2"
+    O3 = "O3"
+    O4 = "O4"
+
+
+class CompileFailed(KilnError):
+    error_type = "compile_failed"
+
+
+class ValidationFailed(CompileFailed):
+    error_type = "validation_failed"
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    task: str | None = None
+    device: Device = Device.CPU
+    precision: Precision = Precision.AUTO
+    optimize: Optimization | None = None
+    revision: str | None = None
+    opset: int | None = None
+    trust_remote_code: bool = False
+    force: bool = False
+
+
+@dataclass
+class Result:
+    directory: Path
+    manifest: Manifest
+    skipped: bool
+    report: list[str] = field(default_factory=list)
+
+
+class Progress:
+    """Progress lines on stderr: each long step says what it does and how long it took."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+
+    def say(self, message: str) -> None:
+        if not self.quiet:
+            print(f"kiln: {message}", file=sys.stderr, flush=True)
+
+    @contextmanager
+    def step(self, message: str) -> Iterator[None]:
+        start = time.perf_counter()
+        self.say(f"{message} ...")
+        yield
+        self.say(f"{message}: done in {time.perf_counter() - start:.1f} s")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    precision: Precision
+    optimization: Optimization
+
+    @property
+    def name(self) -> str:
+        return f"{self.precision}-{self.optimization}"
+
+
+def candidates(options: CompileOptions) -> list[Candidate]:
+    """What to try, in order. `auto` means: the fastest that passes validation on this device."""
+    cuda = options.device is Device.CUDA
+    if options.precision is not Precision.AUTO:
+        if options.precision is Precision.INT8 and cuda:
+            raise CompileFailed("int8 is a CPU precision here; for CUDA use fp16 or fp32")
+        if options.precision is Precision.FP16 and not cuda:
+            raise CompileFailed("fp16 needs --device cuda (CPU kernels for fp16 are slower than fp32)")
+        default = Optimization.NONE if options.precision is Precision.INT8 else Optimization.O2
+        return [Candidate(options.precision, options.optimize or default)]
+    if options.optimize is not None:
+        return [Candidate(Precision.FP16 if options.optimize is Optimization.O4 else Precision.FP32, options.optimize)]
+    if cuda:
+        return [Candidate(Precision.FP16, Optimization.O4), Candidate(Precision.FP32, Optimization.O2)]
+    return [
+        Candidate(Precision.INT8, Optimization.NONE),
+        Candidate(Precision.FP32, Optimization.O2),
+        Candidate(Precision.FP32, Optimization.NONE),
+    ]
+
+
+def resolve_source(model: str, revision: str | None) -> tuple[Path, Source]:
+    """A local directory as is; a Hub id through the Hub cache (works offline once cached)."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path.resolve(), Source(model=str(path.resolve()), revision=None, local=True)
+    if path.exists() or model.startswith((".", "/")):
+        raise CompileFailed(f"{model} is not a model directory")
+    from huggingface_hub import snapshot_download
+
+    try:
+        local = Path(snapshot_download(model, revision=revision))
+    except Exception as exc:
+        raise CompileFailed(f"cannot fetch {model!r} from the Hugging Face Hub: {exc}") from None
+    return local, Source(model=model, revision=local.name, local=False)
+
+
+def fingerprint(model_dir: Path, task: str, options: CompileOptions) -> str:
+    """Changes when the model files, the task, the options or kiln's version change."""
+    digest = hashlib.sha256()
+    meta = {"kiln": runtime.__version__, "task": task, **{k: str(v) for k, v in asdict(options).items() if k != "force"}}
+    digest.update(json.dumps(meta, sort_keys=True).encode())
+    for file in sorted(p for p in model_dir.rglob("*") if p.is_file() and ".git" not in p.parts):
+        stat = file.stat()
+        digest.update(f"{file.relative_to(model_dir)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def tokenizer_info(tokenizer: Any, config: Any) -> TokenizerInfo:
+    limit = int(tokenizer.model_max_length)
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions:
+        offset = 2 if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert") else 0
+        limit = min(limit, int(positions) - offset)
+    if limit > 100_000:
+        limit = 512
+    return TokenizerInfo(
+        max_length=limit,
+        pad_token_id=int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
+        padding_side=tokenizer.padding_side,
+        mask_token=tokenizer.mask_token if getattr(tokenizer, "mask_token_id", None) is not None else None,
+        mask_token_id=getattr(tokenizer, "mask_token_id", None),
+        cls_token_id=tokenizer.cls_token_id,
+        unk_token_id=tokenizer.unk_token_id,
+        special_ids=sorted(set(int(i) for i in tokenizer.all_special_ids)),
+        clean_up_tokenization_spaces=bool(getattr(tokenizer, "clean_up_tokenization_spaces", False)),
+    )
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"kiln": runtime.__version__}
+    for name in ("onnxruntime", "onnxruntime-gpu", "onnx", "optimum", "optimum-onnx", "transformers", "torch", "tokenizers"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def optimize_graph(source: Path, target: Path, level: Optimization, model_type: str, cuda: bool) -> None:
+    """ONNX Runtime's transformer fusions at optimum's levels: O1 basic, O2 fused attention and
+    layer norms, O3 also approximate GELU, O4 also fp16 (CUDA)."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    if level is Optimization.NONE:
+        shutil.copy(source, target)
+        return
+    ort_type = model_type if model_type in ("bart", "gpt2", "t5", "vit", "clip") else "bert"
+    fusion = FusionOptions(ort_type)
+    fusion.enable_gelu_approximation = level in (Optimization.O3, Optimization.O4)
+    if level is Optimization.O1:
+        model = optimize_model(str(source), ort_type, opt_level=1, use_gpu=cuda, only_onnxruntime=True)
+    else:
+        model = optimize_model(str(source), ort_type, optimization_options=fusion, opt_level=0, use_gpu=cuda)
+    if level is Optimization.O4:
+        model.convert_float_to_float16(keep_io_types=True)
+    model.save_model_to_file(str(target))
+
+
+def quantize_int8(source: Path, target: Path) -> None:
+    """Dynamic int8 of the plain fp32 export: per-channel int8 weights on MatMul (quantizing a
+    fused graph fails; embeddings stay fp32, they are lookups, not compute)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        source, target, per_channel=True, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+        extra_options={"MatMulConstBOnly": True},
+    )  # fmt: skip
+
+
+def run_graph(path: Path, feeds: list[dict[str, np.ndarray]], device: Device) -> tuple[list[dict[str, np.ndarray]], float]:
+    """Outputs of the graph on each batch, and its median batch-1 latency in ms."""
+    from runtime.session import OnnxModel, SessionOptions
+
+    model = OnnxModel(path, SessionOptions(device=str(device)))
+    outputs = [model.run(batch) for batch in feeds]
+    one = {k: v[-1:] for k, v in feeds[0].items()}
+    for _ in range(3):
+        model.run(one)
+    times = []
+    deadline = time.perf_counter() + 1.5
+    while len(times) < 5 or (time.perf_counter() < deadline and len(times) < 50):
+        start = time.perf_counter()
+        model.run(one)
+        times.append((time.perf_counter() - start) * 1000)
+    return outputs, statistics.median(times)
+
+
+def compile_model(model: str, out: str | os.PathLike[str], options: CompileOptions, progress: Progress | None = None) -> Result:
+    """Compile `model` for `options.task` into `out`; a no-op when `out` is already up to date."""
+    progress = progress or Progress()
+    out = Path(out).resolve()
+    started = time.perf_counter()
+    model_dir, source = resolve_source(model, options.revision)
+    task = runtime.canonical(options.task) if options.task else infer_task(model_dir)
+    spec = export_spec(task)
+    if options.device is Device.CUDA and "CUDAExecutionProvider" not in providers_for("cuda"):
+        raise CompileFailed("--device cuda needs onnxruntime-gpu and a CUDA device to validate on")
+    plan = candidates(options)
+    key = fingerprint(model_dir, task, options)
+    if not options.force and is_artifact(out):
+        existing = read_manifest(out)
+        if existing.config_hash == key and not verify_files(out, existing):
+            progress.say(f"{out} is up to date ({existing.task}, {existing.precision}); nothing to do")
+            return Result(out, existing, skipped=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        manifest, lines = _build(model_dir, source, task, spec, options, plan, key, staging, progress, started)
+        _swap_into_place(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for line in lines:
+        progress.say(line)
+    progress.say(f"wrote {out} ({manifest.precision}, {manifest.optimization}) in {manifest.compile_seconds:.1f} s")
+    return Result(out, manifest, skipped=False, report=lines)
+
+
+def _build(
+    model_dir: Path, source: Source, task: str, spec: ExportSpec, options: CompileOptions, plan: list[Candidate],
+    key: str, staging: Path, progress: Progress, started: float,
+) -> tuple[Manifest, list[str]]:  # fmt: skip
+    import onnx
+    import torch
+    import transformers
+    from optimum.exporters.onnx import main_export
+
+    export_dir = staging / "export"
+    with progress.step(f"exporting {model_dir.name} to ONNX for {task}"):
+        main_export(
+            str(model_dir), export_dir, task=spec.optimum_task, opset=options.opset, do_validation=False,
+            trust_remote_code=options.trust_remote_code, library_name="transformers",
+        )  # fmt: skip
+    fp32 = export_dir / "model.onnx"
+    with progress.step("running the PyTorch model for reference outputs"):
+        tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir, use_fast=True)
+        if not tokenizer.is_fast:
+            raise CompileFailed(f"{model_dir.name} has no fast tokenizer (tokenizer.json); kiln serves fast tokenizers only")
+        torch_model = getattr(transformers, spec.auto_class).from_pretrained(
+            model_dir, trust_remote_code=options.trust_remote_code
+        ).eval()
+        info = tokenizer_info(tokenizer, torch_model.config)
+        feeds = validate.batches(tokenizer, spec, min(info.max_length, 256))
+        input_names = [i.name for i in onnx.load(str(fp32), load_external_data=False).graph.input]
+        feeds = [{k: v for k, v in batch.items() if k in input_names} for batch in feeds]
+        with torch.inference_mode():
+            reference = [
+                {name: torch_model(**{k: torch.from_numpy(v) for k, v in batch.items()})[name].float().numpy() for name in spec.outputs}
+                for batch in feeds
+            ]
+    masks = [batch["attention_mask"] for batch in feeds]
+    model_type = torch_model.config.model_type
+    del torch_model
+    lines: list[str] = []
+    passing: list[tuple[float, Candidate, Path, validate.Figures]] = []
+    for candidate in plan:
+        path = staging / f"{candidate.name}.onnx"
+        with progress.step(f"building {candidate.name}"):
+            if candidate.precision is Precision.INT8:
+                quantize_int8(fp32, path)
+            else:
+                optimize_graph(fp32, path, candidate.optimization, model_type, options.device is Device.CUDA)
+            outputs, latency = run_graph(path, feeds, options.device)
+        figures = validate.compare(reference, outputs, masks, spec, str(candidate.precision))
+        lines.append(validate.report(candidate.name, figures) + f"; batch-1 latency {latency:.2f} ms")
+        if figures.passed:
+            passing.append((latency, candidate, path, figures))
+    if not passing:
+        raise ValidationFailed("no candidate passed validation against PyTorch:\n  " + "\n  ".join(lines))
+    latency, chosen, path, figures = min(passing, key=lambda p: p[0])
+    if len(plan) > 1:
+        lines.append(f"chose {chosen.name}: the fastest that passed")
+    artifact = staging / "artifact"
+    artifact.mkdir()
+    shutil.move(path, artifact / "model.onnx")
+    for name in TOKENIZER_FILES:
+        if (export_dir / name).is_file():
+            shutil.copy(export_dir / name, artifact / name)
+    graph = onnx.load(str(artifact / "model.onnx"), load_external_data=False)
+    manifest = Manifest(
+        task=task,
+        source=source,
+        device=str(options.device),
+        precision=str(chosen.precision),
+        optimization=str(chosen.optimization),
+        opset=max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")),
+        model_file="model.onnx",
+        input_names=[i.name for i in graph.graph.input],
+        output_names=[o.name for o in graph.graph.output],
+        tokenizer=info,
+        validation=Validation(
+            gate=figures.gate, passed=True, inputs=figures.vectors, max_abs_diff=figures.max_abs_diff,
+            min_cosine=figures.min_cosine, label_agreement=figures.label_agreement,
+        ),  # fmt: skip
+        files={p.name: sha256(p) for p in sorted(artifact.iterdir()) if p.name != MANIFEST},
+        versions=versions(),
+        compile_seconds=round(time.perf_counter() - started, 2),
+        config_hash=key,
+    )
+    write_manifest(artifact, manifest)
+    return manifest, lines
+
+
+def _swap_into_place(staging: Path, out: Path) -> None:
+    """Replace `out` with the finished artifact: the old one is removed only once the new one is in."""
+    artifact = staging / "artifact"
+    if out.exists():
+        if not is_artifact(out) and any(out.iterdir()):
+            raise CompileFailed(f"{out} exists and is not a kiln artifact; refusing to overwrite it")
+        old = staging / "previous"
+        os.replace(out, old)
+    os.replace(artifact, out)

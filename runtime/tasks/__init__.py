@@ -1,0 +1,67 @@
+"""The runtime's task registry: task name -> pipeline class, filled by `@register`.
+
+Synonyms live in one table (`SYNONYMS`); `canonical` resolves a name a user or a client sends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from runtime.tasks.base import Pipeline
+
+SYNONYMS: dict[str, str] = {
+    "sentiment-analysis": "text-classification",
+    "ner": "token-classification",
+    "sentence-ranking": "ranking",
+    "text-ranking": "ranking",
+    "embeddings": "feature-extraction",
+}
+
+_REGISTRY: dict[str, type[Pipeline]] = {}
+
+
+def canonical(task: str) -> str:
+    name = task.strip().lower().replace("_", "-")
+    return SYNONYMS.get(name, name)
+
+
+def register(task: str) -> Callable[[type[Pipeline]], type[Pipeline]]:
+    def decorate(cls: type[Pipeline]) -> type[Pipeline]:
+        cls.task = task
+        _REGISTRY[task] = cls
+        return cls
+
+    return decorate
+
+
+def registered() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def pipeline_class(task: str) -> type[Pipeline] | None:
+    return _REGISTRY.get(canonical(task))
+
+
+from runtime.tasks import (  # noqa: E402  (the modules register themselves on import)
+    feature_extraction,
+    fill_mask,
+    question_answering,
+    text_classification,
+    token_classification,
+    zero_shot_classification,
+)
+
+__all__ = [
+    "SYNONYMS",
+    "Pipeline",
+    "canonical",
+    "feature_extraction",
+    "fill_mask",
+    "pipeline_class",
+    "question_answering",
+    "register",
+    "registered",
+    "text_classification",
+    "token_classification",
+    "zero_shot_classification",
+]

@@ -1,0 +1,136 @@
+"""The shared shape of every task pipeline: parse parameters, encode, run the graph, post-process.
+
+A task module subclasses `Pipeline` and fills in only what differs: its `Parameters` struct, its
+`predict`, and an `example` used to warm the session up.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import msgspec
+import numpy as np
+from tokenizers import Encoding
+
+from runtime.artifact import Manifest
+from runtime.errors import InvalidInput, InvalidParameter
+from runtime.session import OnnxModel, SessionOptions
+from runtime.text import TextTokenizer
+
+
+P = TypeVar("P", bound=msgspec.Struct)
+
+
+class NoParameters(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+def parse_parameters(kind: type[P], parameters: dict[str, Any]) -> P:
+    """Check parameters against the task's struct: unknown names and wrong types are `InvalidParameter`."""
+    unknown = sorted(set(parameters) - set(kind.__struct_fields__))
+    if unknown:
+        known = ", ".join(kind.__struct_fields__) or "none"
+        raise InvalidParameter(f"unknown parameter(s) {', '.join(unknown)}; this task takes: {known}")
+    try:
+        return msgspec.convert(parameters, type=kind, strict=True)
+    except msgspec.ValidationError as exc:
+        raise InvalidParameter(f"invalid parameter: {exc}".replace("`$.", "`parameters.")) from None
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)  # type: ignore[no-any-return]
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))  # type: ignore[no-any-return]
+
+
+def texts_of(inputs: Any, what: str = "a string or a list of strings") -> tuple[list[str], bool]:
+    """`inputs` as a list of non-empty strings, and whether it was a single string."""
+    if isinstance(inputs, str):
+        return [inputs], True
+    if not isinstance(inputs, list) or not inputs:
+        raise InvalidInput(f"`inputs` must be {what}, got {type_name(inputs)}")
+    for index, item in enumerate(inputs):
+        if not isinstance(item, str):
+            raise InvalidInput(f"`inputs` must be {what}, got {type_name(item)} at index {index}")
+    return inputs, False
+
+
+def type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, list):
+        return "an empty list" if not value else "a list"
+    return {str: "a string", bool: "a boolean", int: "a number", float: "a number", dict: "an object"}.get(
+        type(value), type(value).__name__
+    )
+
+
+class Pipeline:
+    """A compiled model behind the transformers pipeline call: `pipe(inputs, **parameters)`."""
+
+    task: ClassVar[str]
+    Parameters: ClassVar[type[msgspec.Struct]] = NoParameters
+    example: ClassVar[tuple[Any, dict[str, Any]]] = ("Hello world.", {})
+    max_batch_size: ClassVar[int] = 32
+
+    def __init__(self, directory: Path, manifest: Manifest, options: SessionOptions) -> None:
+        self.directory = directory
+        self.manifest = manifest
+        self.options = options
+        self.model = OnnxModel(directory / manifest.model_file, options)
+        self.tokenizer = TextTokenizer(directory / "tokenizer.json", manifest.tokenizer)
+        self.config: dict[str, Any] = json.loads((directory / "config.json").read_text())
+
+    def __call__(self, inputs: Any, **parameters: Any) -> Any:
+        return self.predict(inputs, parse_parameters(self.Parameters, parameters))
+
+    def predict(self, inputs: Any, params: Any) -> Any:
+        raise NotImplementedError
+
+    def warmup(self) -> None:
+        inputs, parameters = self.example
+        self(inputs, **parameters)
+
+    @property
+    def labels(self) -> list[str]:
+        id2label = self.config.get("id2label") or {}
+        return [str(id2label.get(str(i), f"LABEL_{i}")) for i in range(len(id2label))]
+
+    def forward(self, encodings: Sequence[Encoding]) -> list[dict[str, np.ndarray]]:
+        """Run the graph on encodings in length-sorted batches; one output dict per encoding.
+
+        Per-token outputs are cut back to each encoding's own length, so callers never see padding.
+        """
+        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
+        results: list[dict[str, np.ndarray]] = [{} for _ in encodings]
+        for start in range(0, len(order), self.max_batch_size):
+            rows = order[start : start + self.max_batch_size]
+            feeds = self.tokenizer.batch([encodings[i] for i in rows])
+            outputs = self.model.run(feeds)
+            width = feeds["input_ids"].shape[1]
+            left = self.tokenizer.info.padding_side == "left"
+            for j, i in enumerate(rows):
+                n = len(encodings[i].ids)
+                cols = slice(width - n, width) if left else slice(0, n)
+                results[i] = {
+                    name: value[j, cols] if value.ndim >= 2 and value.shape[1] == width else value[j]
+                    for name, value in outputs.items()
+                }
+        return results
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "backend": self.manifest.backend,
+            "precision": self.manifest.precision,
+            "optimization": self.manifest.optimization,
+            "provider": self.model.provider,
+            "max_input_tokens": self.tokenizer.max_length,
+            "max_batch_size": self.max_batch_size,
+        }

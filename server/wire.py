@@ -1,0 +1,76 @@
+"""The wire format: request bodies in, response shapes out, as the clients in use expect them.
+
+Requests: `{"inputs": ..., "parameters": {...}}` as JSON (any `application/json` media type, with
+parameters such as charset), or the older form with task fields beside a null `inputs`.
+Responses: what the runtime pipeline returns, except where a client parses another shape (see
+`adapt`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+from server.errors import BadRequest, UnsupportedMediaType
+
+JSON_TYPES = ("application/json", "text/json")
+TOP_LEVEL = {"inputs", "parameters", "options"}
+
+
+def media_type(header: str | None) -> str:
+    return (header or "").split(";", 1)[0].strip().lower()
+
+
+def decode(content_type: str | None, body: bytes, task: str) -> tuple[Any, dict[str, Any]]:
+    """`(inputs, parameters)` of a request, or a typed error that says what is wrong with it."""
+    kind = media_type(content_type)
+    if kind and kind not in JSON_TYPES and not kind.endswith("+json"):
+        raise UnsupportedMediaType(f"{task} takes JSON (Content-Type: application/json); got {kind!r}")
+    if not body.strip():
+        raise BadRequest('the request body is empty; send JSON like {"inputs": ...}')
+    try:
+        payload = msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise BadRequest('the request body must be a JSON object like {"inputs": ..., "parameters": {...}}')
+    parameters = payload.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise BadRequest("`parameters` must be a JSON object")
+    extra = set(payload) - TOP_LEVEL
+    inputs = payload.get("inputs")
+    if inputs is None and extra:
+        inputs = {key: payload[key] for key in extra}
+    elif extra:
+        raise BadRequest(f"unknown field(s) beside `inputs`: {', '.join(sorted(extra))}")
+    if inputs is None:
+        raise BadRequest('the request has no `inputs`; send JSON like {"inputs": ..., "parameters": {...}}')
+    return inputs, parameters
+
+
+_HF_HUB = re.compile(r"\bhf_hub/(\d+)\.(\d+)")
+
+
+def hf_hub_version(user_agent: str | None) -> tuple[int, int] | None:
+    match = _HF_HUB.search(user_agent or "")
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def adapt(task: str, result: Any, user_agent: str | None) -> Any:
+    """Reshape a result for the client that asked, where clients in use parse different shapes.
+
+    - text-classification: `huggingface_hub` keeps only the first element of the list it receives
+      (it expects Hugging Face's hosted `[[...]]`), so its clients get one more level.
+    - zero-shot-classification: `huggingface_hub` 1.0 and later parses `[{"label", "score"}]`;
+      older versions and raw HTTP get the container's `{"sequence", "labels", "scores"}`.
+    """
+    client = hf_hub_version(user_agent)
+    if client is None:
+        return result
+    if task == "text-classification" and result and isinstance(result[0], dict):
+        return [result]
+    if task == "zero-shot-classification" and client >= (1, 0) and isinstance(result, dict):
+        return [{"label": label, "score": score} for label, score in zip(result["labels"], result["scores"])]
+    return result

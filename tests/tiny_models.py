@@ -1,0 +1,152 @@
+"""Tiny random models with locally trained tokenizers, saved as ordinary model directories.
+
+Nothing here reaches the Hub: the tokenizers are trained on a few sentences with `tokenizers`,
+the models are random `transformers` configs. Each directory looks exactly like a downloaded
+model (config, weights, tokenizer files, a README with `pipeline_tag`), so the code under test
+loads it the way it loads any local model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "My name is Philipp and I live in Nuremberg.",
+    "This model is used with sagemaker for inference.",
+    "What is used for inference?",
+    "This sound track was beautiful! It paints the scenery in your mind so well.",
+    "I would recommend it even to people who hate video game music!",
+    "Hi, I recently bought a device from your company but it is not working as advertised.",
+    "I would like to get reimbursed for the refund, the legal team said so.",
+    "Paris is the capital of France and Berlin is the capital of Germany.",
+    "Sarah works at Hugging Face in New York City since 2019.",
+    "The weather today is sunny with a chance of rain in the evening.",
+    "Compiling models to ONNX makes inference faster on small machines.",
+    "This example is about sports, politics, science or music.",
+    "Who wrote the book? The book was written by an unknown author in London.",
+]
+
+NLI_LABELS = ["contradiction", "neutral", "entailment"]
+NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
+SENTIMENT_LABELS = ["negative", "neutral", "positive"]
+
+
+def _bert_tokenizer() -> object:
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertTokenizerFast
+
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    tok.train_from_iterator(CORPUS, trainers.WordPieceTrainer(vocab_size=300, special_tokens=special))
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+    )
+    return BertTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        sep_token="[SEP]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        mask_token="[MASK]",
+        model_max_length=512,
+    )
+
+
+def _roberta_tokenizer() -> object:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import RobertaTokenizerFast
+
+    special = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    tok.post_processor = processors.RobertaProcessing(
+        sep=("</s>", tok.token_to_id("</s>")), cls=("<s>", tok.token_to_id("<s>")), trim_offsets=True
+    )
+    return RobertaTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        sep_token="</s>",
+        cls_token="<s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        mask_token="<mask>",
+        model_max_length=512,
+    )
+
+
+def _config(arch: str, vocab_size: int, labels: list[str] | None) -> object:
+    from transformers import BertConfig, RobertaConfig
+
+    common: dict[str, object] = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        initializer_range=0.2,
+    )
+    if labels is not None:
+        common["id2label"] = dict(enumerate(labels))
+        common["label2id"] = {label: i for i, label in enumerate(labels)}
+    if arch == "bert":
+        return BertConfig(max_position_embeddings=512, **common)
+    return RobertaConfig(max_position_embeddings=514, pad_token_id=1, bos_token_id=0, eos_token_id=2, **common)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One tiny model: which head, which labels, which pipeline tag its card declares."""
+
+    task: str
+    head: str
+    labels: list[str] | None = None
+
+
+SPECS: dict[str, Spec] = {
+    "text-classification": Spec("text-classification", "AutoModelForSequenceClassification", SENTIMENT_LABELS),
+    "zero-shot-classification": Spec("zero-shot-classification", "AutoModelForSequenceClassification", NLI_LABELS),
+    "token-classification": Spec("token-classification", "AutoModelForTokenClassification", NER_LABELS),
+    "question-answering": Spec("question-answering", "AutoModelForQuestionAnswering"),
+    "fill-mask": Spec("fill-mask", "AutoModelForMaskedLM"),
+    "feature-extraction": Spec("feature-extraction", "AutoModel"),
+}
+ARCHITECTURES = ("bert", "roberta")
+TOKENIZERS: dict[str, Callable[[], object]] = {"bert": _bert_tokenizer, "roberta": _roberta_tokenizer}
+
+
+def build(task: str, arch: str, out: Path, seed: int = 0) -> Path:
+    """Write a tiny random `arch` model for `task` into `out` and return `out`."""
+    import torch
+    import transformers
+
+    spec = SPECS[task]
+    tokenizer = TOKENIZERS[arch]()
+    config = _config(arch, len(tokenizer), spec.labels)  # type: ignore[arg-type]
+    torch.manual_seed(seed)
+    model = getattr(transformers, spec.head).from_config(config)
+    model.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)  # type: ignore[attr-defined]
+    (out / "README.md").write_text(f"---\npipeline_tag: {task}\nlibrary_name: transformers\n---\n# tiny {arch} {task}\n")
+    return out
+
+
+def build_all(root: Path) -> dict[tuple[str, str], Path]:
+    """Every task in every architecture, under `root/<arch>-<task>`."""
+    return {(task, arch): build(task, arch, root / f"{arch}-{task}") for task in SPECS for arch in ARCHITECTURES}
