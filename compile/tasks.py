@@ -34,10 +34,21 @@ def register_export(spec: ExportSpec) -> ExportSpec:
 
 
 for _spec in (
-    ExportSpec("text-classification", "text-classification", "AutoModelForSequenceClassification", ("logits",), True, True),
-    ExportSpec("zero-shot-classification", "text-classification", "AutoModelForSequenceClassification", ("logits",), True, True),
+    ExportSpec(
+        "text-classification", "text-classification", "AutoModelForSequenceClassification", ("logits",), True, True
+    ),
+    ExportSpec(
+        "zero-shot-classification", "text-classification", "AutoModelForSequenceClassification", ("logits",), True, True
+    ),
     ExportSpec("token-classification", "token-classification", "AutoModelForTokenClassification", ("logits",), True),
-    ExportSpec("question-answering", "question-answering", "AutoModelForQuestionAnswering", ("start_logits", "end_logits"), True, True),
+    ExportSpec(
+        "question-answering",
+        "question-answering",
+        "AutoModelForQuestionAnswering",
+        ("start_logits", "end_logits"),
+        True,
+        True,
+    ),
     ExportSpec("fill-mask", "fill-mask", "AutoModelForMaskedLM", ("logits",), True),
     ExportSpec("feature-extraction", "feature-extraction", "AutoModel", ("last_hidden_state",), False),
 ):
@@ -89,6 +100,4 @@ def infer_task(model_dir: Path) -> str:
                 if task == "text-classification" and any(label.startswith("entail") for label in labels):
                     return "zero-shot-classification"
                 return task
-    raise TaskUnknown(
-        f"cannot tell the task of {model_dir.name}: pass --task, one of: {', '.join(compilable())}"
-    )
+    raise TaskUnknown(f"cannot tell the task of {model_dir.name}: pass --task, one of: {', '.join(compilable())}")

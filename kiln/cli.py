@@ -55,23 +55,28 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     c = commands.add_parser(
-        "compile", help="export, optimize, validate and write an artifact directory",
+        "compile",
+        help="export, optimize, validate and write an artifact directory",
         description="Compile MODEL (a local directory or a Hub id) into a validated ONNX artifact in --out.",
-        epilog=COMPILE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+        epilog=COMPILE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     c.add_argument("model", metavar="MODEL", help="a local model directory or a Hugging Face Hub id")
     c.add_argument("--out", required=True, metavar="DIR", help="the artifact directory to write")
     c.add_argument("--task", help="the task; inferred from the model card or architecture when left out")
     c.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="the target device (default: cpu)")
     c.add_argument(
-        "--precision", choices=["auto", "fp32", "fp16", "int8"], default="auto",
+        "--precision",
+        choices=["auto", "fp32", "fp16", "int8"],
+        default="auto",
         help="auto (default): the fastest that passes validation; fp16 needs cuda, int8 is CPU only",
-    )  # fmt: skip
+    )
     c.add_argument(
-        "--optimize", choices=["none", "O1", "O2", "O3", "O4"],
+        "--optimize",
+        choices=["none", "O1", "O2", "O3", "O4"],
         help="ONNX Runtime graph optimization: O1 basic, O2 fused attention/layer norms, "
         "O3 + approximate GELU, O4 + fp16 (cuda)",
-    )  # fmt: skip
+    )
     c.add_argument("--revision", help="the Hub revision (branch, tag or commit) to compile")
     c.add_argument("--opset", type=int, help="the ONNX opset (default: optimum's choice for the model)")
     c.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code to run")
@@ -79,11 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
     s = commands.add_parser(
-        "serve", help="serve a model over HTTP with the Inference Endpoints API",
+        "serve",
+        help="serve a model over HTTP with the Inference Endpoints API",
         description="Serve MODEL_OR_DIR (an artifact, a model directory or a Hub id) over HTTP.",
-        epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
-    s.add_argument("model", nargs="?", metavar="MODEL_OR_DIR", help="default: $HF_MODEL_DIR, $HF_MODEL_ID, or all-MiniLM-L6-v2")
+        epilog=SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s.add_argument(
+        "model", nargs="?", metavar="MODEL_OR_DIR", help="default: $HF_MODEL_DIR, $HF_MODEL_ID, or all-MiniLM-L6-v2"
+    )
     s.add_argument("--task", help="the task, when the model does not say (default: $HF_TASK or inferred)")
     s.add_argument("--host", help="the address to listen on (default: 127.0.0.1)")
     s.add_argument("--port", type=int, help="the port (default: $PORT or 8080)")
@@ -115,10 +124,15 @@ def compile_command(args: argparse.Namespace) -> int:
     )
 
     options = CompileOptions(
-        task=args.task, device=Device(args.device), precision=Precision(args.precision),
-        optimize=Optimization(args.optimize) if args.optimize else None, revision=args.revision,
-        opset=args.opset, trust_remote_code=args.trust_remote_code, force=args.force,
-    )  # fmt: skip
+        task=args.task,
+        device=Device(args.device),
+        precision=Precision(args.precision),
+        optimize=Optimization(args.optimize) if args.optimize else None,
+        revision=args.revision,
+        opset=args.opset,
+        trust_remote_code=args.trust_remote_code,
+        force=args.force,
+    )
     try:
         compile_model(args.model, args.out, options, Progress(quiet=args.quiet))
     except TaskUnknown as exc:
@@ -141,12 +155,22 @@ def serve_command(args: argparse.Namespace) -> int:
 
     try:
         settings = Settings.from_env(
-            model=args.model, task=args.task, host=args.host, port=args.port, device=args.device,
-            precision=args.precision, revision=args.revision, threads=args.threads,
-            max_body_bytes=args.max_body_bytes, max_concurrency=args.max_concurrency, max_queue=args.max_queue,
-            api_token=args.api_token, cache_dir=Path(args.cache_dir) if args.cache_dir else None, trust_remote_code=args.trust_remote_code,
+            model=args.model,
+            task=args.task,
+            host=args.host,
+            port=args.port,
+            device=args.device,
+            precision=args.precision,
+            revision=args.revision,
+            threads=args.threads,
+            max_body_bytes=args.max_body_bytes,
+            max_concurrency=args.max_concurrency,
+            max_queue=args.max_queue,
+            api_token=args.api_token,
+            cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+            trust_remote_code=args.trust_remote_code,
             log_level=args.log_level,
-        )  # fmt: skip
+        )
     except ValueError as exc:
         print(f"kiln serve: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -31,7 +31,6 @@ def load(
 
 
 __all__ = [
-    "__version__",
     "ArtifactError",
     "InvalidInput",
     "InvalidParameter",
@@ -40,6 +39,7 @@ __all__ = [
     "Pipeline",
     "SessionOptions",
     "Unprocessable",
+    "__version__",
     "canonical",
     "is_artifact",
     "load",

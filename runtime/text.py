@@ -17,9 +17,17 @@ from runtime.artifact import TokenizerInfo
 from runtime.errors import Unprocessable
 
 _CLEANUPS = (
-    (" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"),
-    (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"),
-)  # fmt: skip
+    (" .", "."),
+    (" ?", "?"),
+    (" !", "!"),
+    (" ,", ","),
+    (" ' ", "'"),
+    (" n't", "n't"),
+    (" 'm", "'m"),
+    (" 's", "'s"),
+    (" 've", "'ve"),
+    (" 're", "'re"),
+)
 
 
 class TextTokenizer:
@@ -86,7 +94,8 @@ class TextTokenizer:
         return self.tokenizer.id_to_token(token_id) or ""
 
     def token_to_id(self, token: str) -> int | None:
-        return self.tokenizer.token_to_id(token)
+        token_id: int | None = self.tokenizer.token_to_id(token)
+        return token_id
 
     def batch(self, encodings: Sequence[Encoding]) -> dict[str, np.ndarray]:
         """Pad encodings to the longest into `input_ids`, `attention_mask`, `token_type_ids`."""

@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -60,9 +60,11 @@ class Service:
         try:
             self.artifact = model_source.prepare(self.settings)
             pipeline = runtime.load(
-                self.artifact, device=self.settings.device, threads=self.settings.threads,
+                self.artifact,
+                device=self.settings.device,
+                threads=self.settings.threads,
                 spinning=self.settings.spinning,
-            )  # fmt: skip
+            )
             pipeline.warmup()
         except Exception as exc:
             self.failure = f"the model failed to load: {exc}"
@@ -152,10 +154,8 @@ async def health(service: Service) -> Response[dict[str, Any]]:
 def _versions() -> dict[str, str]:
     found = {"kiln": runtime.__version__}
     for name in ("onnxruntime", "onnxruntime-gpu", "tokenizers", "numpy", "litestar"):
-        try:
+        with suppress(PackageNotFoundError):
             found[name] = version(name)
-        except PackageNotFoundError:
-            pass
     return found
 
 

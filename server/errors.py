@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
@@ -45,9 +46,15 @@ STATUS: dict[type[KilnError], int] = {
 }
 
 HTTP_KINDS = {
-    400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-    413: "payload_too_large", 415: "unsupported_media_type", 429: "overloaded", 503: "not_ready",
-}  # fmt: skip
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "overloaded",
+    503: "not_ready",
+}
 
 
 def body(message: str, kind: str) -> dict[str, str]:
@@ -61,7 +68,7 @@ def status_of(exc: KilnError) -> int:
     return 500
 
 
-def kiln_error(request: Request, exc: KilnError) -> Response[dict[str, str]]:
+def kiln_error(request: Request[Any, Any, Any], exc: KilnError) -> Response[dict[str, str]]:
     status = status_of(exc)
     if status == 500:
         return internal_error(request, exc)
@@ -69,7 +76,7 @@ def kiln_error(request: Request, exc: KilnError) -> Response[dict[str, str]]:
     return Response(body(exc.message, exc.error_type), status_code=status, headers=headers)
 
 
-def http_error(request: Request, exc: HTTPException) -> Response[dict[str, str]]:
+def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, str]]:
     status = exc.status_code
     if status >= 500:
         return internal_error(request, exc)
@@ -84,7 +91,7 @@ def http_error(request: Request, exc: HTTPException) -> Response[dict[str, str]]
     return Response(body(message, HTTP_KINDS.get(status, "http_error")), status_code=status, headers=exc.headers)
 
 
-def internal_error(request: Request, exc: Exception) -> Response[dict[str, str]]:
+def internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
     log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
     return Response(body("internal server error: the failure is in the server's log", "internal"), status_code=500)
 

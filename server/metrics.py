@@ -16,20 +16,31 @@ class Metrics:
             "kiln_requests", "Inference requests by task and HTTP status.", ["task", "status"], registry=self.registry
         )
         self.latency = Histogram(
-            "kiln_request_duration_seconds", "Time from request to response.", ["task", "status"],
-            buckets=LATENCY_BUCKETS, registry=self.registry,
-        )  # fmt: skip
+            "kiln_request_duration_seconds",
+            "Time from request to response.",
+            ["task", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.inference = Histogram(
-            "kiln_inference_duration_seconds", "Time in the model pipeline.", ["task"],
-            buckets=LATENCY_BUCKETS, registry=self.registry,
-        )  # fmt: skip
+            "kiln_inference_duration_seconds",
+            "Time in the model pipeline.",
+            ["task"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.batch_size = Histogram(
-            "kiln_batch_size", "Inputs per inference call.", ["task"],
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=self.registry,
-        )  # fmt: skip
+            "kiln_batch_size",
+            "Inputs per inference call.",
+            ["task"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=self.registry,
+        )
         self.queue_depth = Gauge("kiln_queue_depth", "Requests waiting for a worker.", registry=self.registry)
         self.in_flight = Gauge("kiln_in_flight", "Requests running in the model now.", registry=self.registry)
-        self.rejected = Counter("kiln_rejected", "Requests refused with 429: the queue was full.", registry=self.registry)
+        self.rejected = Counter(
+            "kiln_rejected", "Requests refused with 429: the queue was full.", registry=self.registry
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

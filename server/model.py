@@ -28,8 +28,16 @@ def model_and_task(settings: Settings) -> tuple[str, str | None]:
 
 
 def cache_path(settings: Settings, model: str, task: str | None) -> Path:
-    key = "|".join(str(x) for x in (Path(model).expanduser().resolve() if Path(model).expanduser().is_dir() else model,
-                                   task, settings.revision, settings.device, settings.precision))  # fmt: skip
+    key = "|".join(
+        str(x)
+        for x in (
+            Path(model).expanduser().resolve() if Path(model).expanduser().is_dir() else model,
+            task,
+            settings.revision,
+            settings.device,
+            settings.precision,
+        )
+    )
     slug = re.sub(r"[^A-Za-z0-9._-]+", "--", model.rstrip("/").split("/")[-1] if Path(model).is_dir() else model)
     return settings.cache_dir / f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
@@ -42,7 +50,10 @@ def prepare(settings: Settings) -> Path:
     from compile import CompileOptions, Device, Precision, compile_model
 
     options = CompileOptions(
-        task=task, device=Device(settings.device), precision=Precision(settings.precision),
-        revision=settings.revision, trust_remote_code=settings.trust_remote_code,
-    )  # fmt: skip
+        task=task,
+        device=Device(settings.device),
+        precision=Precision(settings.precision),
+        revision=settings.revision,
+        trust_remote_code=settings.trust_remote_code,
+    )
     return compile_model(model, cache_path(settings, model, task), options).directory

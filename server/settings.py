@@ -9,7 +9,7 @@ flag wins over both.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,29 @@ DEFAULT_MODEL_TASK = "feature-extraction"
 
 def _bool(value: str) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+# environment variable -> (field, parser); the first one set wins for a field
+ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "HF_MODEL_DIR": ("model", str),
+    "HF_MODEL_ID": ("model", str),
+    "KILN_MODEL": ("model", str),
+    "HF_TASK": ("task", str),
+    "HF_REVISION": ("revision", str),
+    "HF_TRUST_REMOTE_CODE": ("trust_remote_code", _bool),
+    "PORT": ("port", int),
+    "KILN_HOST": ("host", str),
+    "KILN_DEVICE": ("device", str),
+    "KILN_PRECISION": ("precision", str),
+    "KILN_THREADS": ("threads", int),
+    "KILN_SPINNING": ("spinning", _bool),
+    "KILN_MAX_BODY_BYTES": ("max_body_bytes", int),
+    "KILN_MAX_CONCURRENCY": ("max_concurrency", int),
+    "KILN_MAX_QUEUE": ("max_queue", int),
+    "KILN_API_TOKEN": ("api_token", str),
+    "KILN_CACHE": ("cache_dir", Path),
+    "KILN_LOG_LEVEL": ("log_level", str),
+}
 
 
 @dataclass(frozen=True)
@@ -41,40 +64,18 @@ class Settings:
     trust_remote_code: bool = False
     log_level: str = "info"
 
-    # environment variable -> (field, parser); the first one set wins for a field
-    ENV = {
-        "HF_MODEL_DIR": ("model", str),
-        "HF_MODEL_ID": ("model", str),
-        "KILN_MODEL": ("model", str),
-        "HF_TASK": ("task", str),
-        "HF_REVISION": ("revision", str),
-        "HF_TRUST_REMOTE_CODE": ("trust_remote_code", _bool),
-        "PORT": ("port", int),
-        "KILN_HOST": ("host", str),
-        "KILN_DEVICE": ("device", str),
-        "KILN_PRECISION": ("precision", str),
-        "KILN_THREADS": ("threads", int),
-        "KILN_SPINNING": ("spinning", _bool),
-        "KILN_MAX_BODY_BYTES": ("max_body_bytes", int),
-        "KILN_MAX_CONCURRENCY": ("max_concurrency", int),
-        "KILN_MAX_QUEUE": ("max_queue", int),
-        "KILN_API_TOKEN": ("api_token", str),
-        "KILN_CACHE": ("cache_dir", Path),
-        "KILN_LOG_LEVEL": ("log_level", str),
-    }
-
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **flags: Any) -> Settings:
         """Defaults, then the environment, then the flags that were given (None means not given)."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
-        for name, (field, parse) in cls.ENV.items():
+        for name, (field, parse) in ENV.items():
             raw = env.get(name)
             if raw not in (None, "") and field not in values:
                 try:
                     values[field] = parse(raw)
                 except ValueError:
-                    raise ValueError(f"{name}={raw!r} is not a valid {parse.__name__}") from None
+                    raise ValueError(f"{name}={raw!r} is not a valid {getattr(parse, '__name__', 'value')}") from None
         known = {f.name for f in fields(cls)}
         values.update({k: v for k, v in flags.items() if v is not None and k in known})
         return cls(**values)

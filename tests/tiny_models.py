@@ -143,7 +143,9 @@ def build(task: str, arch: str, out: Path, seed: int = 0) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)  # type: ignore[attr-defined]
-    (out / "README.md").write_text(f"---\npipeline_tag: {task}\nlibrary_name: transformers\n---\n# tiny {arch} {task}\n")
+    (out / "README.md").write_text(
+        f"---\npipeline_tag: {task}\nlibrary_name: transformers\n---\n# tiny {arch} {task}\n"
+    )
     return out
 
 

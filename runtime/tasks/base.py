@@ -20,7 +20,6 @@ from runtime.errors import InvalidInput, InvalidParameter
 from runtime.session import OnnxModel, SessionOptions
 from runtime.text import TextTokenizer
 
-
 P = TypeVar("P", bound=msgspec.Struct)
 
 

@@ -74,12 +74,14 @@ class FillMaskPipeline(Pipeline):
                     filled = ids.copy()
                     filled[position] = token
                     filled = filled[filled != self.tokenizer.info.pad_token_id]
-                    candidates.append({
-                        "score": float(row[index]),
-                        "token": token,
-                        "token_str": self.tokenizer.decode([token], skip_special_tokens=False),
-                        "sequence": self.tokenizer.decode(filled.tolist(), skip_special_tokens=one_mask),
-                    })  # fmt: skip
+                    candidates.append(
+                        {
+                            "score": float(row[index]),
+                            "token": token,
+                            "token_str": self.tokenizer.decode([token], skip_special_tokens=False),
+                            "sequence": self.tokenizer.decode(filled.tolist(), skip_special_tokens=one_mask),
+                        }
+                    )
                 rows.append(candidates)
             results.append(rows[0] if one_mask else rows)
         return results[0] if single else results

@@ -30,7 +30,9 @@ class QuestionAnsweringParameters(msgspec.Struct, forbid_unknown_fields=True):
 def _examples(inputs: Any) -> tuple[list[tuple[str, str]], bool]:
     items, single = ([inputs], True) if isinstance(inputs, dict) else (inputs, False)
     if not isinstance(items, list) or not items or not all(isinstance(x, dict) for x in items):
-        raise InvalidInput(f"`inputs` must be {{\"question\": ..., \"context\": ...}} or a list of them; got {type_name(inputs)}")
+        raise InvalidInput(
+            f'`inputs` must be {{"question": ..., "context": ...}} or a list of them; got {type_name(inputs)}'
+        )
     examples = []
     for item in items:
         for key in ("question", "context"):
@@ -84,9 +86,12 @@ class QuestionAnsweringPipeline(Pipeline):
         seconds = [c if question_first else q for q, c in examples]
         try:
             encoded = self.tokenizer.encode(
-                firsts, seconds, max_length=max_seq_len, stride=stride,
+                firsts,
+                seconds,
+                max_length=max_seq_len,
+                stride=stride,
                 strategy="only_second" if question_first else "only_first",
-            )  # fmt: skip
+            )
         except Exception as exc:  # tokenizers raises a bare Exception when the question leaves no room
             raise Unprocessable(f"the question is too long for `max_seq_len` {max_seq_len}: {exc}") from None
         windows = [[e, *e.overflowing] for e in encoded]
@@ -98,9 +103,12 @@ class QuestionAnsweringPipeline(Pipeline):
         return results[0] if single else results
 
     def answers(
-        self, context: str, spans: list[tuple[Encoding, dict[str, np.ndarray]]], params: QuestionAnsweringParameters,
+        self,
+        context: str,
+        spans: list[tuple[Encoding, dict[str, np.ndarray]]],
+        params: QuestionAnsweringParameters,
         question_first: bool,
-    ) -> Any:  # fmt: skip
+    ) -> Any:
         min_null_score = 1000000.0
         found: list[dict[str, Any]] = []
         pre_top_k = params.top_k * 2 + 10 if params.align_to_words else params.top_k

@@ -15,7 +15,7 @@ FUNCTIONS = ("softmax", "sigmoid", "none")
 
 
 class TextClassificationParameters(msgspec.Struct, forbid_unknown_fields=True):
-    top_k: int | None | msgspec.UnsetType = msgspec.UNSET
+    top_k: int | msgspec.UnsetType | None = msgspec.UNSET
     function_to_apply: str | None = None
     return_all_scores: bool | None = None
     truncation: bool = True
@@ -23,23 +23,28 @@ class TextClassificationParameters(msgspec.Struct, forbid_unknown_fields=True):
 
 def _pairs(inputs: Any) -> tuple[list[str], list[str] | None, bool]:
     """Texts, their pairs (or None), and whether a single item was sent."""
-    items, single = ([inputs], True) if isinstance(inputs, (str, dict)) else (inputs, False)
+    items: Any = [inputs] if isinstance(inputs, (str, dict)) else inputs
     if not isinstance(items, list) or not items:
-        raise InvalidInput(f"`inputs` must be a string, a {{text, text_pair}} object, or a list of them; got {type_name(inputs)}")
+        raise InvalidInput(
+            f"`inputs` must be a string, a {{text, text_pair}} object, or a list of them; got {type_name(inputs)}"
+        )
+    single = items is not inputs
     if all(isinstance(x, str) for x in items):
-        return items, None, single
-    if all(isinstance(x, dict) for x in items):
-        texts, pairs = [], []
-        for item in items:
-            text, pair = item.get("text"), item.get("text_pair")
-            if not isinstance(text, str) or not isinstance(pair, (str, type(None))) or set(item) - {"text", "text_pair"}:
-                raise InvalidInput("a text pair must be {\"text\": string, \"text_pair\": string}")
-            texts.append(text)
-            pairs.append(pair or "")
-        if any(isinstance(item.get("text_pair"), str) for item in items):
-            return texts, pairs, single
-        return texts, None, single
-    raise InvalidInput("`inputs` must be all strings or all {text, text_pair} objects")
+        return list(items), None, single
+    if not all(isinstance(x, dict) for x in items):
+        raise InvalidInput("`inputs` must be all strings or all {text, text_pair} objects")
+    texts: list[str] = []
+    pairs: list[str] = []
+    for item in items:
+        text, pair = item.get("text"), item.get("text_pair")
+        if not isinstance(text, str) or not isinstance(pair, (str, type(None))) or set(item) - {"text", "text_pair"}:
+            raise InvalidInput('a text pair must be {"text": string, "text_pair": string}')
+        texts.append(text)
+        if pair is not None:
+            pairs.append(pair)
+    if pairs and len(pairs) != len(texts):
+        raise InvalidInput("either every item of `inputs` has a `text_pair` or none has")
+    return texts, pairs or None, single
 
 
 @register("text-classification")

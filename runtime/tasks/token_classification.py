@@ -88,7 +88,14 @@ class TokenClassificationPipeline(Pipeline):
             if token_id == unk:
                 word, is_subword = word_ref, False
             entities.append(
-                {"word": word, "scores": scores[index], "start": start, "end": end, "index": index, "is_subword": is_subword}
+                {
+                    "word": word,
+                    "scores": scores[index],
+                    "start": start,
+                    "end": end,
+                    "index": index,
+                    "is_subword": is_subword,
+                }
             )
         return entities
 
@@ -99,9 +106,15 @@ class TokenClassificationPipeline(Pipeline):
             for p in pre:
                 best = int(p["scores"].argmax())
                 entities.append(
-                    {"entity": labels[best], "score": p["scores"][best], "index": p["index"],
-                     "word": p["word"], "start": p["start"], "end": p["end"]}
-                )  # fmt: skip
+                    {
+                        "entity": labels[best],
+                        "score": p["scores"][best],
+                        "index": p["index"],
+                        "word": p["word"],
+                        "start": p["start"],
+                        "end": p["end"],
+                    }
+                )
         else:
             entities = self.aggregate_words(pre, strategy)
         return entities if strategy == "none" else self.group_entities(entities)
