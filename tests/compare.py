@@ -28,23 +28,6 @@ def assert_same(ours: Any, theirs: Any, atol: float = SCORE_ATOL, path: str = "$
         assert ours == theirs, f"{path}: {ours!r} != {theirs!r}"
 
 
-def top_labels(task: str, result: Any) -> Any:
-    """What the int8 gate keeps: the top label of each decision (not the order of the runners-up)."""
-    if task == "text-classification":
-        return result[0]["label"]
-    if task == "zero-shot-classification":
-        return result["labels"][0]
-    if task == "token-classification":
-        return [(e.get("entity", e.get("entity_group")), e["start"], e["end"]) for e in result]
-    if task == "question-answering":
-        best = result[0] if isinstance(result, list) else result
-        return best["start"], best["end"]
-    if task == "fill-mask":
-        rows = result if isinstance(result[0], list) else [result]
-        return [row[0]["token"] for row in rows]
-    raise ValueError(task)
-
-
 def min_cosine(ours: Any, theirs: Any) -> float:
     a, b = np.asarray(ours, dtype=np.float64), np.asarray(theirs, dtype=np.float64)
     cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))

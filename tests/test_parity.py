@@ -9,12 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import runtime
 from compile import CompileOptions, Precision, Progress, ValidationFailed, compile_model
 from tests.cases import CASES, MASK
-from tests.compare import assert_same, min_cosine, top_labels
+from tests.compare import assert_same, min_cosine
 from tests.tiny_models import ARCHITECTURES
 
 _REFERENCE: dict[Path, Any] = {}
@@ -55,14 +56,58 @@ def test_fp32_matches_pytorch(task: str, case: int, arch: str, tiny_models: dict
     assert_same(ours, torch_result(task, tiny_models[task, arch], inputs, params))
 
 
+TEXTS = [
+    "This sound track was beautiful! It paints the scenery in your mind so well.",
+    "Hi, I recently bought a device from your company but it is not working as advertised.",
+    "Sarah works at Hugging Face in New York City since 2019.",
+    "The weather today is sunny.",
+]
+PAIRS = [
+    ("Where do I live?", "My name is Sarah and I live in London."),
+    ("I would like to get reimbursed for the device.", "This example is refund."),
+    ("I would like to get reimbursed for the device.", "This example is legal."),
+]
+
+
+def raw_outputs(compiled: runtime.Pipeline, model: Path, task: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(PyTorch, compiled) output vectors on the same encodings: one per label decision."""
+    import torch
+    import transformers
+
+    from compile.tasks import export_spec
+    from compile.validate import vectors
+
+    spec = export_spec(task)
+    torch_model = getattr(transformers, spec.auto_class).from_pretrained(model).eval()
+    batches = [compiled.tokenizer.encode(TEXTS)]
+    if spec.pairs:
+        batches.append(compiled.tokenizer.encode(*zip(*PAIRS)))
+    pairs = []
+    for encodings in batches:
+        feeds = {k: v for k, v in compiled.tokenizer.batch(encodings).items() if k in compiled.model.input_names}
+        ours = compiled.model.run(feeds)
+        with torch.inference_mode():
+            theirs = torch_model(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+        for name in spec.outputs:
+            pairs += zip(
+                vectors(theirs[name].numpy(), feeds["attention_mask"]), vectors(ours[name], feeds["attention_mask"])
+            )
+    return pairs
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 @pytest.mark.parametrize("task", list(CASES))
 def test_int8_holds_its_gate(task: str, arch: str, tiny_models: dict, tmp_path: Path) -> None:
+    """int8 is kept only when it holds its gate, and then holds it beyond the validation inputs.
+
+    On inputs compile never saw, every output vector keeps cosine >= 0.99, and the top label
+    holds wherever PyTorch's decision is not a near-tie (random tiny models have many: a margin
+    under 2% of the logits' spread is one).
+    """
     out = tmp_path / "int8"
+    options = CompileOptions(precision=Precision.INT8)
     try:
-        result = compile_model(
-            tiny_models[task, arch], out, CompileOptions(precision=Precision.INT8), Progress(quiet=True)
-        )
+        result = compile_model(tiny_models[task, arch], out, options, Progress(quiet=True))
     except ValidationFailed as exc:
         assert "FAILED gate (same top label and cosine >= 0.99)" in exc.message
         assert not out.exists(), "a failed compile must leave no artifact behind"
@@ -70,17 +115,14 @@ def test_int8_holds_its_gate(task: str, arch: str, tiny_models: dict, tmp_path: 
     validation = result.manifest.validation
     assert result.manifest.precision == "int8" and validation.passed
     assert validation.min_cosine >= 0.99 and validation.label_agreement in (None, 1.0)
-    compiled = runtime.load(out)
-    for inputs, params in CASES[task][:2]:
-        ours = run_case(compiled, task, inputs, params, compiled.tokenizer.info.mask_token)
-        theirs = torch_result(task, tiny_models[task, arch], inputs, params)
-        if task == "feature-extraction":
-            for a, b in zip(
-                ours if isinstance(inputs, list) else [ours], theirs if isinstance(inputs, list) else [theirs]
-            ):
-                assert min_cosine(a, b) >= 0.99
-        else:
-            assert top_labels(task, ours) == top_labels(task, theirs)
+    decided = 0
+    for theirs, ours in raw_outputs(runtime.load(out), tiny_models[task, arch], task):
+        assert min_cosine(ours, theirs) >= 0.99
+        top2 = np.sort(theirs)[-2:]
+        if task != "feature-extraction" and top2[1] - top2[0] > 0.02 * np.ptp(theirs):
+            decided += 1
+            assert np.argmax(ours) == np.argmax(theirs)
+    assert decided or task == "feature-extraction", "no clear decision was checked"
 
 
 def test_batch_equals_one_by_one(artifacts: dict) -> None:
