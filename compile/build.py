@@ -17,7 +17,7 @@ import statistics
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -42,6 +42,7 @@ from runtime.artifact import (
 )
 from runtime.errors import KilnError
 from runtime.session import providers_for
+from runtime.versions import installed
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json")
 
@@ -193,25 +194,6 @@ def tokenizer_info(tokenizer: Any, config: Any) -> TokenizerInfo:
         special_ids=sorted(set(int(i) for i in tokenizer.all_special_ids)),
         clean_up_tokenization_spaces=bool(getattr(tokenizer, "clean_up_tokenization_spaces", False)),
     )
-
-
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {"kiln": runtime.__version__}
-    for name in (
-        "onnxruntime",
-        "onnxruntime-gpu",
-        "onnx",
-        "optimum",
-        "optimum-onnx",
-        "transformers",
-        "torch",
-        "tokenizers",
-    ):
-        with suppress(PackageNotFoundError):
-            found[name] = version(name)
-    return found
 
 
 def optimize_graph(source: Path, target: Path, level: Optimization, model_type: str, cuda: bool) -> None:
@@ -418,7 +400,9 @@ def _build(
             label_agreement=figures.label_agreement,
         ),
         files={p.name: sha256(p) for p in sorted(artifact.iterdir()) if p.name != MANIFEST},
-        versions=versions(),
+        versions=installed(
+            "onnxruntime", "onnxruntime-gpu", "onnx", "optimum", "optimum-onnx", "transformers", "torch", "tokenizers"
+        ),
         compile_seconds=round(time.perf_counter() - started, 2),
         config_hash=key,
     )

@@ -12,8 +12,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
-from importlib.metadata import PackageNotFoundError, version
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 import runtime
 from runtime import Pipeline
+from runtime.versions import installed
 from server import model as model_source
 from server import wire
 from server.admission import Admission
@@ -151,14 +151,6 @@ async def health(service: Service) -> Response[dict[str, Any]]:
     return Response({"status": "ok", "task": pipeline.task})
 
 
-def _versions() -> dict[str, str]:
-    found = {"kiln": runtime.__version__}
-    for name in ("onnxruntime", "onnxruntime-gpu", "tokenizers", "numpy", "litestar"):
-        with suppress(PackageNotFoundError):
-            found[name] = version(name)
-    return found
-
-
 @get("/info", guards=[require_token], summary="What is served, how it was compiled, and the limits")
 async def info(service: Service) -> dict[str, Any]:
     pipeline = service.ready()
@@ -172,7 +164,7 @@ async def info(service: Service) -> dict[str, Any]:
         "device": settings.device,
         "validation": manifest.validation,
         "compiled_with": manifest.versions,
-        "versions": _versions(),
+        "versions": installed("onnxruntime", "onnxruntime-gpu", "tokenizers", "numpy", "litestar"),
         "limits": {
             "max_body_bytes": settings.max_body_bytes,
             "max_concurrency": service.admission.workers,
