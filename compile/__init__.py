@@ -1,17 +1,16 @@
 """The compile step: a Hub id or model directory in, a validated ONNX artifact directory out."""
 
 from compile.build import (
-    CompileFailed,
     CompileOptions,
     Device,
     Optimization,
     Precision,
     Progress,
     Result,
-    ValidationFailed,
     compile_model,
 )
-from compile.tasks import TaskUnknown, compilable, infer_task
+from compile.errors import CompileFailed, TaskUnknown, UnsupportedModel, ValidationFailed
+from compile.tasks import compilable, infer_task
 
 __all__ = [
     "CompileFailed",
@@ -22,6 +21,7 @@ __all__ = [
     "Progress",
     "Result",
     "TaskUnknown",
+    "UnsupportedModel",
     "ValidationFailed",
     "compilable",
     "compile_model",

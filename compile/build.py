@@ -9,6 +9,7 @@ so an interrupted run never leaves a directory that looks complete.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -26,11 +27,13 @@ from typing import Any
 import numpy as np
 
 import runtime
-from compile import validate
+from compile import sentence, validate
+from compile.errors import CompileFailed, UnsupportedModel, ValidationFailed
 from compile.tasks import ExportSpec, export_spec, infer_task
 from runtime.artifact import (
     MANIFEST,
     Manifest,
+    SentencePooling,
     Source,
     TokenizerInfo,
     Validation,
@@ -40,10 +43,11 @@ from runtime.artifact import (
     verify_files,
     write_manifest,
 )
-from runtime.errors import KilnError
+from runtime.pooling import normalize, pool
 from runtime.session import providers_for
 from runtime.versions import installed
 
+POOLABLE = ("feature-extraction", "sentence-embeddings", "sentence-similarity")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json")
 
 
@@ -65,14 +69,6 @@ class Optimization(StrEnum):
     O2 = "O2"
     O3 = "O3"
     O4 = "O4"
-
-
-class CompileFailed(KilnError):
-    error_type = "compile_failed"
-
-
-class ValidationFailed(CompileFailed):
-    error_type = "validation_failed"
 
 
 @dataclass(frozen=True)
@@ -175,8 +171,20 @@ def fingerprint(model_dir: Path, task: str, options: CompileOptions) -> str:
     return digest.hexdigest()
 
 
-def tokenizer_info(tokenizer: Any, config: Any) -> TokenizerInfo:
+def sentence_embeddings(
+    outputs: dict[str, np.ndarray], mask: np.ndarray, pooling: SentencePooling
+) -> dict[str, np.ndarray]:
+    """Hidden states -> the sentence embeddings the runtime serves (validation compares these)."""
+    vectors = pool(outputs["last_hidden_state"].astype(np.float32), mask, pooling.modes)
+    return {"sentence_embedding": normalize(vectors) if pooling.normalize else vectors}
+
+
+def tokenizer_info(tokenizer: Any, config: Any, sentence_limit: int | None = None) -> TokenizerInfo:
+    """The tokenizer facts the runtime needs; the length limit is the smallest of the tokenizer's,
+    the position embeddings' and (for sentence-transformers) `max_seq_length`."""
     limit = int(tokenizer.model_max_length)
+    if sentence_limit:
+        limit = min(limit, sentence_limit)
     positions = getattr(config, "max_position_embeddings", None)
     if positions:
         offset = 2 if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert") else 0
@@ -328,6 +336,11 @@ def _build(
             library_name="transformers",
         )
     fp32 = export_dir / "model.onnx"
+    pooling = sentence.read_pooling(model_dir) if task in POOLABLE else None
+    if pooling is None and spec.pooled:
+        pooling = SentencePooling(modes=["mean"], normalize=False)  # what sentence-transformers gives a plain model
+    if pooling is not None:
+        spec = dataclasses.replace(spec, pooled=True)
     with progress.step("running the PyTorch model for reference outputs"):
         tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir, use_fast=True)  # type: ignore[no-untyped-call]
         if not tokenizer.is_fast:
@@ -339,19 +352,22 @@ def _build(
             .from_pretrained(model_dir, trust_remote_code=options.trust_remote_code)
             .eval()
         )
-        info = tokenizer_info(tokenizer, torch_model.config)
+        if spec.task == "ranking" and torch_model.config.num_labels != 1:
+            raise UnsupportedModel(
+                f"ranking needs a one-score cross-encoder; {model_dir.name} has {torch_model.config.num_labels} labels"
+            )
+        info = tokenizer_info(tokenizer, torch_model.config, sentence.max_seq_length(model_dir))
         feeds = validate.batches(tokenizer, spec, min(info.max_length, 256))
         input_names = [i.name for i in onnx.load(str(fp32), load_external_data=False).graph.input]
         feeds = [{k: v for k, v in batch.items() if k in input_names} for batch in feeds]
         with torch.inference_mode():
-            reference = [
-                {
-                    name: torch_model(**{k: torch.from_numpy(v) for k, v in batch.items()})[name].float().numpy()
-                    for name in spec.outputs
-                }
-                for batch in feeds
-            ]
+            reference = []
+            for batch in feeds:
+                output = torch_model(**{k: torch.from_numpy(v) for k, v in batch.items()})
+                reference.append({name: output[name].float().numpy() for name in spec.outputs})
     masks = [batch["attention_mask"] for batch in feeds]
+    if pooling is not None:
+        reference = [sentence_embeddings(out, mask, pooling) for out, mask in zip(reference, masks)]
     model_type = torch_model.config.model_type
     del torch_model
     lines: list[str] = []
@@ -364,6 +380,8 @@ def _build(
             else:
                 optimize_graph(fp32, path, candidate.optimization, model_type, options.device is Device.CUDA)
             outputs, latency = run_graph(path, feeds, options.device)
+        if pooling is not None:
+            outputs = [sentence_embeddings(out, mask, pooling) for out, mask in zip(outputs, masks)]
         figures = validate.compare(reference, outputs, masks, spec, str(candidate.precision))
         lines.append(validate.report(candidate.name, figures) + f"; batch-1 latency {latency:.2f} ms")
         if figures.passed:
@@ -405,6 +423,7 @@ def _build(
         ),
         compile_seconds=round(time.perf_counter() - started, 2),
         config_hash=key,
+        pooling=pooling,
     )
     write_manifest(artifact, manifest)
     return manifest, lines

@@ -11,18 +11,27 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.errors import KilnError
+from compile.errors import TaskUnknown
 from runtime.tasks import canonical
 
 
 @dataclass(frozen=True)
 class ExportSpec:
+    """How a task is exported and validated.
+
+    `token_level`: the outputs have a token axis (validated per token); `pooled`: the runtime pools
+    hidden states into sentence embeddings, and validation compares those; `labelled`: each output
+    vector's argmax is a decision the int8/fp16 gate keeps.
+    """
+
     task: str
     optimum_task: str
     auto_class: str
     outputs: tuple[str, ...]
     labelled: bool
     pairs: bool = False
+    token_level: bool = False
+    pooled: bool = False
 
 
 _EXPORTS: dict[str, ExportSpec] = {}
@@ -33,30 +42,26 @@ def register_export(spec: ExportSpec) -> ExportSpec:
     return spec
 
 
+_SEQ, _TOK, _QA, _MLM, _BASE = (
+    "AutoModelForSequenceClassification",
+    "AutoModelForTokenClassification",
+    "AutoModelForQuestionAnswering",
+    "AutoModelForMaskedLM",
+    "AutoModel",
+)
+_HIDDEN = ("last_hidden_state",)
 for _spec in (
-    ExportSpec(
-        "text-classification", "text-classification", "AutoModelForSequenceClassification", ("logits",), True, True
-    ),
-    ExportSpec(
-        "zero-shot-classification", "text-classification", "AutoModelForSequenceClassification", ("logits",), True, True
-    ),
-    ExportSpec("token-classification", "token-classification", "AutoModelForTokenClassification", ("logits",), True),
-    ExportSpec(
-        "question-answering",
-        "question-answering",
-        "AutoModelForQuestionAnswering",
-        ("start_logits", "end_logits"),
-        True,
-        True,
-    ),
-    ExportSpec("fill-mask", "fill-mask", "AutoModelForMaskedLM", ("logits",), True),
-    ExportSpec("feature-extraction", "feature-extraction", "AutoModel", ("last_hidden_state",), False),
+    ExportSpec("text-classification", "text-classification", _SEQ, ("logits",), True, pairs=True),
+    ExportSpec("zero-shot-classification", "text-classification", _SEQ, ("logits",), True, pairs=True),
+    ExportSpec("token-classification", "token-classification", _TOK, ("logits",), True, token_level=True),
+    ExportSpec("question-answering", "question-answering", _QA, ("start_logits", "end_logits"), True, True, True),
+    ExportSpec("fill-mask", "fill-mask", _MLM, ("logits",), True, token_level=True),
+    ExportSpec("feature-extraction", "feature-extraction", _BASE, _HIDDEN, False, token_level=True),
+    ExportSpec("sentence-embeddings", "feature-extraction", _BASE, _HIDDEN, False, token_level=True, pooled=True),
+    ExportSpec("sentence-similarity", "feature-extraction", _BASE, _HIDDEN, False, token_level=True, pooled=True),
+    ExportSpec("ranking", "text-classification", _SEQ, ("logits",), False, pairs=True),
 ):
     register_export(_spec)
-
-
-class TaskUnknown(KilnError):
-    error_type = "task_unknown"
 
 
 def export_spec(task: str) -> ExportSpec:
@@ -80,11 +85,14 @@ _HEADS = (
 
 
 def infer_task(model_dir: Path) -> str:
-    """The task a model directory declares: its card's `pipeline_tag`, else its architecture.
+    """The task a model directory declares: its card's `pipeline_tag`, else what the files say.
 
-    A sequence classifier whose labels include "entailment" is an NLI model, served as
+    A sentence-transformers directory (modules.json) without a tag serves sentence-embeddings; a
+    CrossEncoder (a one-label classifier with a `sentence_transformers` config) serves ranking; a
+    sequence classifier whose labels include "entailment" is an NLI model, served as
     zero-shot-classification. Raises `TaskUnknown`, listing the choices, when nothing fits.
     """
+    sentence_transformer = (model_dir / "modules.json").is_file()
     readme = model_dir / "README.md"
     if readme.is_file():
         front = re.match(r"^---\s*\n(.*?)\n---", readme.read_text(errors="replace"), re.S)
@@ -93,6 +101,10 @@ def infer_task(model_dir: Path) -> str:
             return canonical(tag.group(1))
     config_path = model_dir / "config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    if sentence_transformer:
+        return "sentence-embeddings"
+    if "sentence_transformers" in config and config.get("num_labels", len(config.get("id2label") or {})) == 1:
+        return "ranking"  # a sentence-transformers CrossEncoder
     for architecture in config.get("architectures") or []:
         for suffix, task in _HEADS:
             if architecture.endswith(suffix):

@@ -24,6 +24,25 @@ TEXTS = [
     )
     * 8,
 ]
+# More varied sentences for the sentence-embedding tasks, whose gate is per sentence.
+SENTENCES = [
+    "A man is playing a guitar on the street.",
+    "The new movie is awesome and the actors are great.",
+    "How do I reset my password?",
+    "Stocks fell sharply on Monday after the announcement.",
+    "I love pizza with extra cheese.",
+    "The cat sleeps on the warm windowsill.",
+    "Quantum computers use qubits to perform calculations.",
+    "Please send me the report by Friday.",
+    "It is raining heavily in Seattle today.",
+    "The football match ended in a draw.",
+    "Scientists discovered a new species in the deep ocean.",
+    "My phone battery dies too quickly.",
+    "Hi",
+    "Where is the nearest train station?",
+    "The recipe needs two cups of flour and three eggs.",
+    "Global temperatures have risen over the last century.",
+]
 PAIRS = [
     ("What is used for inference?", "This model is used with sagemaker for inference in Nuremberg."),
     ("Who wrote the book?", "The book was written by an unknown author in London a long time ago. " * 4),
@@ -58,22 +77,29 @@ def batches(tokenizer: Any, spec: ExportSpec, max_length: int) -> list[dict[str,
     mask = getattr(tokenizer, "mask_token", None)
     texts = [t.replace("London", mask) if mask and spec.task == "fill-mask" else t for t in TEXTS]
     out = [dict(tokenizer(texts, **kwargs))]
+    if spec.pooled:
+        out += [dict(tokenizer(SENTENCES[i : i + 8], **kwargs)) for i in range(0, len(SENTENCES), 8)]
     if spec.pairs:
         questions, contexts = zip(*PAIRS)
         out.append(dict(tokenizer(list(questions), list(contexts), **kwargs)))
     return [{k: np.asarray(v, dtype=np.int64) for k, v in batch.items()} for batch in out]
 
 
-def vectors(output: np.ndarray, attention_mask: np.ndarray) -> list[np.ndarray]:
-    """Cut a batch output into the vectors compared: padding never counts."""
+def vectors(output: np.ndarray, attention_mask: np.ndarray, token_level: bool) -> list[np.ndarray]:
+    """Cut a batch output into the vectors compared; padding never counts.
+
+    Token-level outputs give a vector per token (hidden states, token logits) or per sequence
+    (span logits); others a vector per row, except one score per row (a reranker), which gives
+    one vector across the batch, so that its cosine says something.
+    """
+    if not token_level:
+        return [output[:, 0]] if output.shape[-1] == 1 else list(output)
     rows: list[np.ndarray] = []
     for i, valid in enumerate(attention_mask.astype(bool)):
         if output.ndim == 3:
             rows.extend(output[i, valid])
-        elif output.ndim == 2 and output.shape[1] == attention_mask.shape[1]:
-            rows.append(output[i, valid])
         else:
-            rows.append(output[i])
+            rows.append(output[i, valid])
     return rows
 
 
@@ -85,9 +111,10 @@ def compare(
     precision: str,
 ) -> Figures:
     max_abs, min_cos, agree, total, count = 0.0, 1.0, 0, 0, 0
+    level = spec.token_level and not spec.pooled
     for ref, cand, mask in zip(reference, candidate, masks):
-        for name in spec.outputs:
-            for a, b in zip(vectors(ref[name], mask), vectors(cand[name].astype(np.float32), mask)):
+        for name in ref:
+            for a, b in zip(vectors(ref[name], mask, level), vectors(cand[name].astype(np.float32), mask, level)):
                 count += 1
                 max_abs = max(max_abs, float(np.max(np.abs(a - b))))
                 denom = float(np.linalg.norm(a) * np.linalg.norm(b))

@@ -54,6 +54,17 @@ class Validation(msgspec.Struct, frozen=True):
     label_agreement: float | None = None
 
 
+class SentencePooling(msgspec.Struct, frozen=True):
+    """A sentence-transformers model's pooling, normalization and prompts (applied in numpy)."""
+
+    modes: list[str]
+    normalize: bool
+    include_prompt: bool = True
+    prompts: dict[str, str] = {}
+    default_prompt_name: str | None = None
+    similarity: str = "cosine"
+
+
 class Manifest(msgspec.Struct, frozen=True):
     """Everything the runtime needs to know about an artifact, and how it was made."""
 
@@ -70,6 +81,7 @@ class Manifest(msgspec.Struct, frozen=True):
     validation: Validation
     files: dict[str, str]
     versions: dict[str, str]
+    pooling: SentencePooling | None = None
     backend: str = "onnxruntime"
     compile_seconds: float = 0.0
     config_hash: str = ""

@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -33,11 +33,12 @@ from runtime.versions import installed
 from server import model as model_source
 from server import wire
 from server.admission import Admission
-from server.errors import HANDLERS, NotReady, Unauthorized, body
+from server.errors import HANDLERS, BatchTooLarge, NotReady, Unauthorized, body
 from server.metrics import Metrics
 from server.settings import Settings
 
 log = logging.getLogger("kiln.server")
+T = TypeVar("T")
 
 
 class Service:
@@ -85,17 +86,23 @@ class Service:
             raise NotReady("the model is loading; retry shortly")
         return self.pipeline
 
-    async def infer(self, pipeline: Pipeline, inputs: Any, parameters: dict[str, Any]) -> Any:
-        task = pipeline.task
-        self.metrics.batch_size.labels(task).observe(len(inputs) if isinstance(inputs, list) else 1)
+    async def run(self, task: str, batch: int, fn: Callable[[], T]) -> T:
+        """Run blocking model work through admission, after checking the client's batch size."""
+        limit = self.settings.max_client_batch
+        if batch > limit:
+            raise BatchTooLarge(f"the request holds {batch} inputs; this server takes at most {limit} per request")
+        self.metrics.batch_size.labels(task).observe(batch)
 
-        def call() -> Any:
+        def call() -> T:
             start = time.perf_counter()
-            result = pipeline(inputs, **parameters)
+            result = fn()
             self.metrics.inference.labels(task).observe(time.perf_counter() - start)
             return result
 
         return await self.admission.run(call)
+
+    async def infer(self, pipeline: Pipeline, inputs: Any, parameters: dict[str, Any]) -> Any:
+        return await self.run(pipeline.task, wire.batch_size(inputs), lambda: pipeline(inputs, **parameters))
 
     @property
     def task_label(self) -> str:
@@ -193,8 +200,10 @@ def create_app(settings: Settings, *, service: Service | None = None) -> Litesta
                 service.closing = True
                 group.cancel_scope.cancel()
 
+    from server.compat import ROUTES
+
     return Litestar(
-        route_handlers=[predict, health, info, metrics],
+        route_handlers=[predict, health, info, metrics, *ROUTES],
         dependencies={"service": Provide(get_service, sync_to_thread=False)},
         exception_handlers=HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],

@@ -21,6 +21,14 @@ class Unauthorized(KilnError):
     error_type = "unauthorized"
 
 
+class NotServed(KilnError):
+    error_type = "not_served"
+
+
+class BatchTooLarge(KilnError):
+    error_type = "batch_too_large"
+
+
 class UnsupportedMediaType(KilnError):
     error_type = "unsupported_media_type"
 
@@ -38,6 +46,8 @@ STATUS: dict[type[KilnError], int] = {
     InvalidInput: 400,
     InvalidParameter: 400,
     Unauthorized: 401,
+    NotServed: 404,
+    BatchTooLarge: 413,
     UnsupportedMediaType: 415,
     Unprocessable: 422,
     Overloaded: 429,

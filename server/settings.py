@@ -39,6 +39,7 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "KILN_MAX_BODY_BYTES": ("max_body_bytes", int),
     "KILN_MAX_CONCURRENCY": ("max_concurrency", int),
     "KILN_MAX_QUEUE": ("max_queue", int),
+    "KILN_MAX_CLIENT_BATCH": ("max_client_batch", int),
     "KILN_API_TOKEN": ("api_token", str),
     "KILN_CACHE": ("cache_dir", Path),
     "KILN_LOG_LEVEL": ("log_level", str),
@@ -59,6 +60,7 @@ class Settings:
     max_body_bytes: int = 4 * 1024 * 1024
     max_concurrency: int = 1
     max_queue: int = 64
+    max_client_batch: int = 64
     api_token: str | None = None
     cache_dir: Path = Path.home() / ".cache" / "kiln" / "artifacts"
     trust_remote_code: bool = False

@@ -9,12 +9,13 @@ Responses: what the runtime pipeline returns, except where a client parses anoth
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
 from server.errors import BadRequest, UnsupportedMediaType
 
+S = TypeVar("S", bound=msgspec.Struct)
 JSON_TYPES = ("application/json", "text/json")
 TOP_LEVEL = {"inputs", "parameters", "options"}
 
@@ -23,11 +24,15 @@ def media_type(header: str | None) -> str:
     return (header or "").split(";", 1)[0].strip().lower()
 
 
-def decode(content_type: str | None, body: bytes, task: str) -> tuple[Any, dict[str, Any]]:
-    """`(inputs, parameters)` of a request, or a typed error that says what is wrong with it."""
+def require_json(content_type: str | None, what: str) -> None:
     kind = media_type(content_type)
     if kind and kind not in JSON_TYPES and not kind.endswith("+json"):
-        raise UnsupportedMediaType(f"{task} takes JSON (Content-Type: application/json); got {kind!r}")
+        raise UnsupportedMediaType(f"{what} takes JSON (Content-Type: application/json); got {kind!r}")
+
+
+def decode(content_type: str | None, body: bytes, task: str) -> tuple[Any, dict[str, Any]]:
+    """`(inputs, parameters)` of a request, or a typed error that says what is wrong with it."""
+    require_json(content_type, task)
     if not body.strip():
         raise BadRequest('the request body is empty; send JSON like {"inputs": ...}')
     try:
@@ -48,6 +53,28 @@ def decode(content_type: str | None, body: bytes, task: str) -> tuple[Any, dict[
     if inputs is None:
         raise BadRequest('the request has no `inputs`; send JSON like {"inputs": ..., "parameters": {...}}')
     return inputs, parameters
+
+
+def batch_size(inputs: Any) -> int:
+    """How many model inputs a request holds: list items, or the texts/sentences of a dict."""
+    if isinstance(inputs, dict):
+        for key in ("texts", "sentences"):
+            if isinstance(inputs.get(key), list):
+                return len(inputs[key])
+        return 1
+    if isinstance(inputs, list) and not (len(inputs) == 2 and all(isinstance(x, str) for x in inputs)):
+        return len(inputs)
+    return 1
+
+
+def decode_struct(body: bytes, kind: type[S]) -> S:
+    """A JSON body as a wire struct; what is wrong with it, in words, as a 400."""
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"invalid request: {exc}".replace("`$.", "`")) from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc}") from None
 
 
 _HF_HUB = re.compile(r"\bhf_hub/(\d+)\.(\d+)")

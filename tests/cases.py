@@ -54,4 +54,26 @@ CASES: dict[str, list[tuple[Any, dict[str, Any]]]] = {
         ("This sound track was beautiful!", {}),
         (["Hello world.", "A much longer sentence about the weather in London today."], {}),
     ],
+    "sentence-embeddings": [
+        ("This sound track was beautiful!", {}),
+        (["Hello world.", "A much longer sentence about the weather in London today."], {"normalize": False}),
+        ("Where is the station?", {"prompt_name": "query"}),
+    ],
+    "sentence-similarity": [
+        ({"source_sentence": "What a wonderful day", "sentences": ["A fine day", "A sad night", "Rain"]}, {}),
+    ],
+    "ranking": [
+        (["What is the capital of France?", "Paris is the capital of France."], {}),
+        ([["Where do I live?", "In London."], ["Where do I live?", "Bread is tasty."]], {"raw_scores": True}),
+        ({"query": "Where do I live?", "texts": ["In London.", "Bread is tasty.", "I live in Paris."]}, {"return_text": True}),
+    ],
 }
+# Tasks with a transformers pipeline to compare against (the others compare with sentence-transformers).
+TRANSFORMERS_TASKS = [
+    "text-classification",
+    "zero-shot-classification",
+    "token-classification",
+    "question-answering",
+    "fill-mask",
+    "feature-extraction",
+]

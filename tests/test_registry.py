@@ -16,6 +16,9 @@ SERVED = [
     "question-answering",
     "fill-mask",
     "feature-extraction",
+    "sentence-embeddings",
+    "sentence-similarity",
+    "ranking",
 ]
 
 

@@ -8,6 +8,7 @@ loads it the way it loads any local model.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,11 +111,17 @@ def _config(arch: str, vocab_size: int, labels: list[str] | None) -> object:
 
 @dataclass(frozen=True)
 class Spec:
-    """One tiny model: which head, which labels, which pipeline tag its card declares."""
+    """One tiny model: which head, which labels, which pipeline tag its card declares.
+
+    `sentence` makes it a sentence-transformers directory (Transformer, Pooling, Normalize);
+    `cross_encoder` a one-score sentence-transformers CrossEncoder.
+    """
 
     task: str
     head: str
     labels: list[str] | None = None
+    sentence: bool = False
+    cross_encoder: bool = False
 
 
 SPECS: dict[str, Spec] = {
@@ -124,7 +131,13 @@ SPECS: dict[str, Spec] = {
     "question-answering": Spec("question-answering", "AutoModelForQuestionAnswering"),
     "fill-mask": Spec("fill-mask", "AutoModelForMaskedLM"),
     "feature-extraction": Spec("feature-extraction", "AutoModel"),
+    "sentence-embeddings": Spec("sentence-embeddings", "AutoModel", sentence=True),
+    "sentence-similarity": Spec("sentence-similarity", "AutoModel", sentence=True),
+    "ranking": Spec("ranking", "AutoModelForSequenceClassification", ["score"], cross_encoder=True),
 }
+# The pooling of each architecture's sentence-transformers models: two different set-ups.
+SENTENCE_POOLING = {"bert": ("mean", True), "roberta": ("cls", False)}
+CARD_TAGS = {"ranking": "text-ranking"}
 ARCHITECTURES = ("bert", "roberta")
 TOKENIZERS: dict[str, Callable[[], object]] = {"bert": _bert_tokenizer, "roberta": _roberta_tokenizer}
 
@@ -141,12 +154,39 @@ def build(task: str, arch: str, out: Path, seed: int = 0) -> Path:
     model = getattr(transformers, spec.head).from_config(config)
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
+    if spec.cross_encoder:
+        model.config.sentence_transformers = {"activation_fn": "torch.nn.modules.activation.Sigmoid"}
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)  # type: ignore[attr-defined]
-    (out / "README.md").write_text(
-        f"---\npipeline_tag: {task}\nlibrary_name: transformers\n---\n# tiny {arch} {task}\n"
-    )
+    if spec.sentence:
+        _sentence_files(out, arch, config.hidden_size)  # type: ignore[attr-defined]
+    tag = CARD_TAGS.get(task, task)
+    (out / "README.md").write_text(f"---\npipeline_tag: {tag}\nlibrary_name: transformers\n---\n# tiny {arch} {task}\n")
     return out
+
+
+def _sentence_files(out: Path, arch: str, dimension: int) -> None:
+    """The files that make a model directory a sentence-transformers model, as v5 writes them."""
+    mode, normalized = SENTENCE_POOLING[arch]
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    if normalized:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        (out / "2_Normalize").mkdir(exist_ok=True)
+    (out / "modules.json").write_text(json.dumps(modules, indent=2))
+    (out / "1_Pooling").mkdir(exist_ok=True)
+    (out / "1_Pooling" / "config.json").write_text(
+        json.dumps({"embedding_dimension": dimension, "pooling_mode": mode, "include_prompt": True})
+    )
+    (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 128, "do_lower_case": False}))
+    settings = {
+        "prompts": {"query": "query: ", "document": ""},
+        "default_prompt_name": None,
+        "similarity_fn_name": "cosine",
+    }
+    (out / "config_sentence_transformers.json").write_text(json.dumps(settings))
 
 
 def build_all(root: Path) -> dict[tuple[str, str], Path]:

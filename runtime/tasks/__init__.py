@@ -15,6 +15,7 @@ SYNONYMS: dict[str, str] = {
     "sentence-ranking": "ranking",
     "text-ranking": "ranking",
     "embeddings": "feature-extraction",
+    "sentence-embedding": "sentence-embeddings",
 }
 
 _REGISTRY: dict[str, type[Pipeline]] = {}
@@ -46,6 +47,8 @@ from runtime.tasks import (  # noqa: E402  (the modules register themselves on i
     feature_extraction,
     fill_mask,
     question_answering,
+    ranking,
+    sentence_embeddings,
     text_classification,
     token_classification,
     zero_shot_classification,
@@ -59,8 +62,10 @@ __all__ = [
     "fill_mask",
     "pipeline_class",
     "question_answering",
+    "ranking",
     "register",
     "registered",
+    "sentence_embeddings",
     "text_classification",
     "token_classification",
     "zero_shot_classification",

@@ -1,48 +1,42 @@
-"""feature-extraction: the model's hidden states, one vector per token."""
+"""feature-extraction: per-token hidden states, or per-sentence vectors for sentence-transformers.
+
+A plain model answers what the transformers pipeline does, `[1, tokens, hidden]` per input. A
+sentence-transformers model answers pooled vectors as text-embeddings-inference does, one per
+input (`[[...]]` for one string), and takes `{"source_sentence", "sentences"}` for similarity.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-import msgspec
-import numpy as np
-
 from runtime.errors import InvalidParameter
+from runtime.pooling import normalize
 from runtime.tasks import register
-from runtime.tasks.base import Pipeline, texts_of
-
-
-class FeatureExtractionParameters(msgspec.Struct, forbid_unknown_fields=True):
-    truncate: bool | None = None
-    truncation: bool | None = None
-    truncation_direction: str = "right"
-    normalize: bool = False
-    prompt_name: str | None = None
+from runtime.tasks.base import texts_of
+from runtime.tasks.sentence_embeddings import EmbeddingParameters, SentenceEmbedder
 
 
 @register("feature-extraction")
-class FeatureExtractionPipeline(Pipeline):
-    """Per-token vectors, `[1, tokens, hidden]` per input as the transformers pipeline returns them.
+class FeatureExtractionPipeline(SentenceEmbedder):
+    """Takes the text-embeddings-inference parameters `InferenceClient.feature_extraction` sends
+    (`truncate`, `truncation_direction`, `normalize`, `prompt_name`)."""
 
-    Also takes the text-embeddings-inference parameters `InferenceClient.feature_extraction`
-    sends (`truncate`, `truncation_direction`, `normalize`; `normalize` L2-normalizes each vector).
-    """
-
-    Parameters = FeatureExtractionParameters
-
-    def predict(self, inputs: Any, params: FeatureExtractionParameters) -> Any:
+    def predict(self, inputs: Any, params: EmbeddingParameters) -> Any:
+        if self.manifest.pooling is not None:
+            if isinstance(inputs, dict):
+                return self.similarity(inputs, params)
+            texts, _ = texts_of(inputs)
+            return self.embed(texts, params)[0].tolist()
         texts, single = texts_of(inputs)
+        if params.prompt_name is not None or params.prompt is not None:
+            raise InvalidParameter("prompts need a sentence-transformers model; this one is a plain model")
         direction = params.truncation_direction.lower()
         if direction not in ("left", "right"):
             raise InvalidParameter(f"`truncation_direction` must be left or right; got {params.truncation_direction!r}")
-        if params.prompt_name is not None:
-            raise InvalidParameter("`prompt_name` needs a sentence-transformers model with prompts; this one has none")
         truncation = next((t for t in (params.truncate, params.truncation) if t is not None), True)
         encodings = self.tokenizer.encode(texts, truncation=truncation, direction=direction)
         results = []
         for output in self.forward(encodings):
-            hidden = output[self.model.output_names[0]]
-            if params.normalize:
-                hidden = hidden / np.maximum(np.linalg.norm(hidden, axis=-1, keepdims=True), 1e-12)
-            results.append([hidden.tolist()])
+            hidden = output["last_hidden_state"]
+            results.append([(normalize(hidden) if params.normalize else hidden).tolist()])
         return results[0] if single else results
