@@ -24,6 +24,20 @@ TEXTS = [
     )
     * 8,
 ]
+# Inputs that int8 calibrates its scales on: never the validation inputs, which judge the result.
+CALIBRATION = [
+    "Hello there, how are you doing today?",
+    "The committee will meet on Tuesday to discuss the new budget proposal.",
+    "Click the link below to confirm your email address.",
+    "In 1969, astronauts landed on the Moon for the first time.",
+    "What is the best way to learn a new programming language?",
+    "The soup was too salty, but the bread was delicious.",
+    "Researchers published a study on sleep and memory in young adults.",
+    "Our store is open from nine to five, Monday through Saturday.",
+    "ok",
+    "Temperatures will drop below freezing overnight, so cover your plants and keep pets indoors. " * 2,
+]
+
 # More varied sentences for the sentence-embedding tasks, whose gate is per sentence.
 SENTENCES = [
     "A man is playing a guitar on the street.",

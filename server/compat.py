@@ -70,10 +70,8 @@ class TokenizeRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 def embedder(service: Service) -> SentenceEmbedder:
     pipeline = service.ready()
-    if (
-        not isinstance(pipeline, SentenceEmbedder)
-        or (pipeline.manifest.pooling is None
-        and pipeline.task == "feature-extraction")
+    if not isinstance(pipeline, SentenceEmbedder) or (
+        pipeline.manifest.pooling is None and pipeline.task == "feature-extraction"
     ):
         raise NotServed(
             f"this server serves {pipeline.task} with per-token outputs; embeddings need a sentence-embedding model"

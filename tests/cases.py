@@ -65,7 +65,10 @@ CASES: dict[str, list[tuple[Any, dict[str, Any]]]] = {
     "ranking": [
         (["What is the capital of France?", "Paris is the capital of France."], {}),
         ([["Where do I live?", "In London."], ["Where do I live?", "Bread is tasty."]], {"raw_scores": True}),
-        ({"query": "Where do I live?", "texts": ["In London.", "Bread is tasty.", "I live in Paris."]}, {"return_text": True}),
+        (
+            {"query": "Where do I live?", "texts": ["In London.", "Bread is tasty.", "I live in Paris."]},
+            {"return_text": True},
+        ),
     ],
 }
 # Tasks with a transformers pipeline to compare against (the others compare with sentence-transformers).

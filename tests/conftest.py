@@ -40,12 +40,14 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str
 def artifacts(
     tiny_models: dict[tuple[str, str], Path], tmp_path_factory: pytest.TempPathFactory
 ) -> dict[tuple[str, str], Path]:
-    """Every tiny model compiled with the defaults (`auto`: the fastest that passes)."""
-    from compile import CompileOptions, Progress, compile_model
+    """Every tiny model compiled to fp32 (with `auto`, the choice would follow this run's timings)."""
+    from compile import CompileOptions, Precision, Progress, compile_model
 
     root = tmp_path_factory.mktemp("artifacts")
     return {
-        key: compile_model(path, root / path.name, CompileOptions(), Progress(quiet=True)).directory
+        key: compile_model(
+            path, root / path.name, CompileOptions(precision=Precision.FP32), Progress(quiet=True)
+        ).directory
         for key, path in tiny_models.items()
     }
 
@@ -62,10 +64,11 @@ def minilm_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def minilm_artifact(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from compile import CompileOptions, Progress, compile_model
+    from compile import CompileOptions, Precision, Progress, compile_model
 
     out = tmp_path_factory.mktemp("minilm") / "feature-extraction"
-    return compile_model(minilm_dir, out, CompileOptions(task="feature-extraction"), Progress(quiet=True)).directory
+    options = CompileOptions(task="feature-extraction", precision=Precision.FP32)
+    return compile_model(minilm_dir, out, options, Progress(quiet=True)).directory
 
 
 def free_port() -> int:
