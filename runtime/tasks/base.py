@@ -85,6 +85,9 @@ class Pipeline:
         self.model = OnnxModel(directory / manifest.model_file, options)
         self.tokenizer = TextTokenizer(directory / "tokenizer.json", manifest.tokenizer)
         self.config: dict[str, Any] = json.loads((directory / "config.json").read_text())
+        # Dynamic int8 scales activations per tensor, so a batch's other rows (and its padding)
+        # would move each input's result: int8 runs one input at a time, exact whatever the batch.
+        self.batch_size = 1 if manifest.precision == "int8" else self.max_batch_size
 
     def __call__(self, inputs: Any, **parameters: Any) -> Any:
         return self.predict(inputs, parse_parameters(self.Parameters, parameters))
@@ -108,8 +111,8 @@ class Pipeline:
         """
         order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
         results: list[dict[str, np.ndarray]] = [{} for _ in encodings]
-        for start in range(0, len(order), self.max_batch_size):
-            rows = order[start : start + self.max_batch_size]
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
             feeds = self.tokenizer.batch([encodings[i] for i in rows])
             outputs = self.model.run(feeds)
             width = feeds["input_ids"].shape[1]
@@ -131,5 +134,5 @@ class Pipeline:
             "optimization": self.manifest.optimization,
             "provider": self.model.provider,
             "max_input_tokens": self.tokenizer.max_length,
-            "max_batch_size": self.max_batch_size,
+            "model_batch_size": self.batch_size,
         }
