@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[cpu,compile,models,dev]'
+	$(BIN)/pip install -q -e '.[cpu,compile,models,bench,dev]'
 	touch $(STAMP)
 
 serve: setup
@@ -24,6 +24,10 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+# The benchmark suite; writes results/ (quick: `make bench QUICK=1`).
+bench: setup
+	HF_HUB_OFFLINE=1 $(BIN)/kiln bench $(if $(QUICK),--quick)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.tiny_models import ARCHITECTURES, SPECS, build
+from kiln.tiny_models import ARCHITECTURES, SPECS, build
 
 ROOT = Path(__file__).resolve().parents[1]
 KILN = [sys.executable, "-m", "kiln"]

@@ -14,9 +14,9 @@ import pytest
 
 import runtime
 from compile import CompileOptions, Precision, Progress, ValidationFailed, compile_model
+from kiln.tiny_models import ARCHITECTURES
 from tests.cases import CASES, MASK, TRANSFORMERS_TASKS
 from tests.compare import assert_same, min_cosine
-from tests.tiny_models import ARCHITECTURES
 
 _REFERENCE: dict[Path, Any] = {}
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from compile.tasks import compilable, export_spec
+from kiln.tiny_models import SPECS
 from runtime import canonical, registered
 from runtime.tasks import SYNONYMS, pipeline_class
 from tests.cases import CASES
-from tests.tiny_models import SPECS
 
 # The contract's tasks this backbone serves; later tasks join this list as they land.
 SERVED = [

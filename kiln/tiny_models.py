@@ -51,7 +51,7 @@ def _bert_tokenizer() -> object:
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
     )
-    return BertTokenizerFast(
+    return BertTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tok,
         unk_token="[UNK]",
         sep_token="[SEP]",
@@ -77,7 +77,7 @@ def _roberta_tokenizer() -> object:
     tok.post_processor = processors.RobertaProcessing(
         sep=("</s>", tok.token_to_id("</s>")), cls=("<s>", tok.token_to_id("<s>")), trim_offsets=True
     )
-    return RobertaTokenizerFast(
+    return RobertaTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tok,
         bos_token="<s>",
         eos_token="</s>",
@@ -105,8 +105,10 @@ def _config(arch: str, vocab_size: int, labels: list[str] | None) -> object:
         common["id2label"] = dict(enumerate(labels))
         common["label2id"] = {label: i for i, label in enumerate(labels)}
     if arch == "bert":
-        return BertConfig(max_position_embeddings=512, **common)
-    return RobertaConfig(max_position_embeddings=514, pad_token_id=1, bos_token_id=0, eos_token_id=2, **common)
+        return BertConfig(max_position_embeddings=512, **common)  # type: ignore[no-untyped-call]
+    return RobertaConfig(  # type: ignore[no-untyped-call]
+        max_position_embeddings=514, pad_token_id=1, bos_token_id=0, eos_token_id=2, **common
+    )
 
 
 @dataclass(frozen=True)

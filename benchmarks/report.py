@@ -1,0 +1,137 @@
+"""The suite's results as people read them: a Markdown report and PNG charts."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+CHARTS = ("latency_by_shape.png", "speedup_by_task.png", "throughput_by_concurrency.png")
+
+
+def _ms(value: float) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.2f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    lines = [
+        "# kiln benchmarks",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, device {m['device']}{', ' + m['gpu'] if m.get('gpu') else ''}; "
+        f"onnxruntime {m['versions'].get('onnxruntime') or m['versions'].get('onnxruntime-gpu')}, "
+        f"torch {m['versions'].get('torch')}, transformers {m['versions'].get('transformers')}. "
+        f"{'Quick run' if results['quick'] else 'Full run'}, {results.get('seconds', '?')} s.",
+        "",
+        "## Goals",
+        "",
+        "| goal | target | measured | met |",
+        "|---|---|---|---|",
+        *[
+            f"| {g['goal']} | {g['target']} | {g['measured']} | {'yes' if g['met'] else 'no'} |"
+            for g in results["goals_measured"]
+        ],
+        "",
+        "## In-process latency, same payloads, one process (ms)",
+        "",
+        "Baseline `pytorch` is the transformers pipeline (sentence-transformers for embeddings and",
+        "ranking), as the stock container runs it. Speed-up is baseline p50 / candidate p50. Quality is",
+        "the candidate against the baseline's answer: cosine for vectors and scores, top-label agreement",
+        "for labels, spans and tokens.",
+        "",
+        "| model | task | shape | contestant | p50 | p95 | speed-up | quality |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results["inprocess"]:
+        quality = ", ".join(f"{k} {v:.4f}" for k, v in r["quality"].items()) or r["note"]
+        speed = "-" if math.isnan(r["speedup"]) else f"{r['speedup']:.2f}x"
+        lines.append(
+            f"| {r['model']} | {r['task']} | {r['shape']} | {r['contestant']} | {_ms(r['p50_ms'])} | "
+            f"{_ms(r['p95_ms'])} | {speed} | {quality} |"
+        )
+    s = results["server"]
+    o = s["overhead"]
+    lines += [
+        "",
+        f"## Server (all-MiniLM-L6-v2, kiln's default artifact: {s['artifact_precision']})",
+        "",
+        f"One client, keep-alive, one short sentence: in-process p50 {o['in_process_p50_ms']:.2f} ms, "
+        f"HTTP p50 {o['http_p50_ms']:.2f} ms, server overhead {o['overhead_p50_ms']:.2f} ms.",
+        "",
+        "| server | cold start (s, process start to /health 200) | resident memory (MB) |",
+        "|---|---|---|",
+        *[f"| {x['server']} | {x['cold_start_s']:.2f} | {x['rss_mb']:.0f} |" for x in s["startup"]],
+        "",
+        "| server | clients | requests | req/s | p50 ms | p99 ms | statuses |",
+        "|---|---|---|---|---|---|---|",
+        *[
+            f"| {x['server']} | {x['concurrency']} | {x['requests']} | {x['throughput_rps']:.0f} | "
+            f"{_ms(x['p50_ms'])} | {_ms(x['p99_ms'])} | {', '.join(f'{k}: {v}' for k, v in x['statuses'].items())} |"
+            for x in s["load"]
+        ],
+        "",
+        "ONNX Runtime thread spinning (`KILN_SPINNING`), kiln server:",
+        "",
+        "| spinning | HTTP p50 ms (1 client) | req/s (16 clients) | p99 ms (16 clients) |",
+        "|---|---|---|---|",
+        *[
+            f"| {'on' if x['spinning'] else 'off'} | {x['http_p50_ms']:.2f} | {x['x16_throughput_rps']:.0f} | "
+            f"{x['x16_p99_ms']:.1f} |"
+            for x in s["spinning"]
+        ],
+        "",
+        "Charts: `latency_by_shape.png`, `speedup_by_task.png`, `throughput_by_concurrency.png`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def charts(results: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in results["inprocess"] if r["model"] == "all-MiniLM-L6-v2"]
+    shapes = list(dict.fromkeys(r["shape"] for r in rows))
+    contestants = list(dict.fromkeys(r["contestant"] for r in rows))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    width = 0.8 / len(contestants)
+    for i, name in enumerate(contestants):
+        values = [next((r["p50_ms"] for r in rows if r["shape"] == s and r["contestant"] == name), 0) for s in shapes]
+        ax.bar([x + i * width for x in range(len(shapes))], values, width, label=name)
+    ax.set_xticks([x + width * (len(contestants) - 1) / 2 for x in range(len(shapes))], shapes)
+    ax.set_ylabel("p50 latency (ms)")
+    ax.set_title("all-MiniLM-L6-v2: latency by shape")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "latency_by_shape.png", dpi=110)
+    plt.close(fig)
+
+    best: dict[str, float] = {}
+    for r in results["inprocess"]:
+        if r["shape"] == "b1-128" and r["contestant"] != "pytorch" and not math.isnan(r["speedup"]):
+            key = f"{r['model']}\n{r['task']}"
+            best[key] = max(best.get(key, 0.0), r["speedup"])
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    ax.bar(range(len(best)), list(best.values()), color="tab:green")
+    ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
+    ax.set_xticks(range(len(best)), list(best), fontsize=7)
+    ax.set_ylabel("speed-up vs PyTorch (b1, ~128 tokens)")
+    ax.set_title("Best compiled candidate per task")
+    fig.tight_layout()
+    fig.savefig(out / "speedup_by_task.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in dict.fromkeys(x["server"] for x in results["server"]["load"]):
+        levels = [x for x in results["server"]["load"] if x["server"] == name]
+        ax.plot([x["concurrency"] for x in levels], [x["throughput_rps"] for x in levels], marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("concurrent clients")
+    ax.set_ylabel("requests / s (200s only)")
+    ax.set_title("all-MiniLM-L6-v2 over HTTP: throughput")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "throughput_by_concurrency.png", dpi=110)
+    plt.close(fig)

