@@ -77,20 +77,24 @@ def payload(task: str, shape: Shape, pipe: runtime.Pipeline) -> Any:
 
 
 def baseline(task: str, model: Path, device: str) -> Contestant:
-    """What the stock container runs: the transformers pipeline, or sentence-transformers."""
+    """What the stock container runs: the transformers pipeline, or sentence-transformers; in fp16
+    on CUDA, where the compiled candidate is fp16 too."""
+    import torch
+
+    dtype = torch.float16 if device == "cuda" else torch.float32
     if task in ("sentence-embeddings", "sentence-similarity"):
         from sentence_transformers import SentenceTransformer
 
-        st = SentenceTransformer(str(model), device=device)
+        st = SentenceTransformer(str(model), device=device, model_kwargs={"torch_dtype": dtype})
         return Contestant("pytorch", lambda x: st.encode(x))
     if task == "ranking":
         from sentence_transformers import CrossEncoder
 
-        ce = CrossEncoder(str(model), device=device)
+        ce = CrossEncoder(str(model), device=device, model_kwargs={"torch_dtype": dtype})
         return Contestant("pytorch", lambda x: ce.predict(x if isinstance(x[0], list) else [x]))
     from transformers import pipeline
 
-    pipe = pipeline(task, model=str(model), device=device)  # type: ignore[call-overload]
+    pipe = pipeline(task, model=str(model), device=device, dtype=dtype)  # type: ignore[call-overload]
     if task == "question-answering":
         return Contestant("pytorch", lambda x: pipe([x] if isinstance(x, dict) else x))
     return Contestant("pytorch", lambda x: pipe(x))
