@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 import runtime
-from compile import sentence, validate
+from compile import generative, sentence, validate
 from compile.errors import CompileFailed, UnsupportedModel, ValidationFailed
 from compile.quantize import quantize_int8
 from compile.tasks import ExportSpec, export_spec, infer_task
@@ -319,6 +319,8 @@ def _build(
             trust_remote_code=options.trust_remote_code,
             library_name="transformers",
         )
+    if spec.generative:
+        return _build_generative(model_dir, source, task, spec, options, export_dir, key, staging, progress, started)
     fp32 = export_dir / "model.onnx"
     pooling = sentence.read_pooling(model_dir) if task in POOLABLE else None
     if pooling is None and spec.pooled:
@@ -385,25 +387,68 @@ def _build(
     for name in TOKENIZER_FILES:
         if (export_dir / name).is_file():
             shutil.copy(export_dir / name, artifact / name)
-    graph = onnx.load(str(artifact / "model.onnx"), load_external_data=False)
+    manifest = write_artifact(
+        artifact, task=task, source=source, device=options.device, precision=chosen.precision,
+        optimization=chosen.optimization, info=info, figures=figures, key=key, started=started, pooling=pooling,
+    )  # fmt: skip
+    return manifest, lines
+
+
+def _build_generative(
+    model_dir: Path, source: Source, task: str, spec: ExportSpec, options: CompileOptions, export_dir: Path,
+    key: str, staging: Path, progress: Progress, started: float,
+) -> tuple[Manifest, list[str]]:
+    """fp32 graphs with the key/value cache, validated by greedy decoding (no int8 or fusions yet)."""
+    if options.precision not in (Precision.AUTO, Precision.FP32) or options.optimize not in (None, Optimization.NONE):
+        raise CompileFailed(f"{task} compiles to fp32 without graph optimization for now; drop --precision/--optimize")
+    artifact = staging / "artifact"
+    artifact.mkdir()
+    graphs, info, figures, lines = generative.build(model_dir, export_dir, spec, artifact, tokenizer_info, progress)
+    for name in (*TOKENIZER_FILES, "generation_config.json", "chat_template.jinja"):
+        if (export_dir / name).is_file():
+            shutil.copy(export_dir / name, artifact / name)
+    manifest = write_artifact(
+        artifact, task=task, source=source, device=options.device, precision=Precision.FP32,
+        optimization=Optimization.NONE, info=info, figures=figures, key=key, started=started,
+        graphs=graphs, model_file=graphs["decoder"],
+    )  # fmt: skip
+    return manifest, lines
+
+
+def write_artifact(
+    artifact: Path,
+    *,
+    task: str,
+    source: Source,
+    device: Device,
+    precision: Precision,
+    optimization: Optimization,
+    info: TokenizerInfo,
+    figures: validate.Figures,
+    key: str,
+    started: float,
+    pooling: SentencePooling | None = None,
+    graphs: dict[str, str] | None = None,
+    model_file: str = "model.onnx",
+) -> Manifest:
+    """Hash every file of a finished artifact directory and write its manifest, last."""
+    import onnx
+
+    graph = onnx.load(str(artifact / model_file), load_external_data=False)
     manifest = Manifest(
         task=task,
         source=source,
-        device=str(options.device),
-        precision=str(chosen.precision),
-        optimization=str(chosen.optimization),
+        device=str(device),
+        precision=str(precision),
+        optimization=str(optimization),
         opset=max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")),
-        model_file="model.onnx",
+        model_file=model_file,
         input_names=[i.name for i in graph.graph.input],
         output_names=[o.name for o in graph.graph.output],
         tokenizer=info,
         validation=Validation(
-            gate=figures.gate,
-            passed=True,
-            inputs=figures.vectors,
-            max_abs_diff=figures.max_abs_diff,
-            min_cosine=figures.min_cosine,
-            label_agreement=figures.label_agreement,
+            gate=figures.gate, passed=True, inputs=figures.vectors, max_abs_diff=figures.max_abs_diff,
+            min_cosine=figures.min_cosine, label_agreement=figures.label_agreement,
         ),
         files={p.name: sha256(p) for p in sorted(artifact.iterdir()) if p.name != MANIFEST},
         versions=installed(
@@ -412,9 +457,10 @@ def _build(
         compile_seconds=round(time.perf_counter() - started, 2),
         config_hash=key,
         pooling=pooling,
-    )
+        graphs=graphs or {},
+    )  # fmt: skip
     write_manifest(artifact, manifest)
-    return manifest, lines
+    return manifest
 
 
 def _swap_into_place(staging: Path, out: Path) -> None:

@@ -32,6 +32,7 @@ class ExportSpec:
     pairs: bool = False
     token_level: bool = False
     pooled: bool = False
+    generative: bool = False
 
 
 _EXPORTS: dict[str, ExportSpec] = {}
@@ -60,6 +61,11 @@ for _spec in (
     ExportSpec("sentence-embeddings", "feature-extraction", _BASE, _HIDDEN, False, token_level=True, pooled=True),
     ExportSpec("sentence-similarity", "feature-extraction", _BASE, _HIDDEN, False, token_level=True, pooled=True),
     ExportSpec("ranking", "text-classification", _SEQ, ("logits",), False, pairs=True),
+    ExportSpec("text-generation", "text-generation-with-past", "AutoModelForCausalLM", ("logits",), True, generative=True),
+    *(
+        ExportSpec(task, "text2text-generation-with-past", "AutoModelForSeq2SeqLM", ("logits",), True, generative=True)
+        for task in ("text2text-generation", "summarization", "translation")
+    ),
 ):
     register_export(_spec)
 
@@ -80,6 +86,9 @@ _HEADS = (
     ("ForTokenClassification", "token-classification"),
     ("ForQuestionAnswering", "question-answering"),
     ("ForMaskedLM", "fill-mask"),
+    ("ForCausalLM", "text-generation"),
+    ("LMHeadModel", "text-generation"),
+    ("ForConditionalGeneration", "text2text-generation"),
     ("Model", "feature-extraction"),
 )
 

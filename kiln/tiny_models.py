@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 CORPUS = [
@@ -90,6 +91,66 @@ def _roberta_tokenizer() -> object:
     )
 
 
+def _generative_tokenizer(arch: str) -> object:
+    """Byte-level BPE: GPT-2 style for decoders (Llama's with a BOS and a chat template), and
+    with </s> appended for the encoder-decoders."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    seq2seq = arch in ("t5", "bart")
+    special = ["<pad>", "</s>", "<unk>"] if seq2seq else ["<|endoftext|>", "<s>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    if seq2seq:
+        eos = tok.token_to_id("</s>")
+        tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", eos)])
+        return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+            tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=256,
+            model_input_names=["input_ids", "attention_mask"],
+        )
+    if arch == "llama":
+        bos = tok.token_to_id("<s>")
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
+    fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=tok, bos_token="<s>" if arch == "llama" else "<|endoftext|>", eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>", model_max_length=256, model_input_names=["input_ids", "attention_mask"],
+    )
+    if arch == "llama":
+        fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def _generative_config(arch: str, vocab: int, tokenizer: Any) -> object:
+    import transformers
+
+    eos = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
+    if arch == "gpt2":
+        return transformers.GPT2Config(
+            vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=256, bos_token_id=eos, eos_token_id=eos
+        )
+    if arch == "llama":
+        return transformers.LlamaConfig(
+            vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=256, bos_token_id=tokenizer.bos_token_id, eos_token_id=eos,
+        )  # fmt: skip
+    pad = tokenizer.pad_token_id
+    if arch == "t5":
+        return transformers.T5Config(
+            vocab_size=vocab, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+            decoder_start_token_id=pad, pad_token_id=pad, eos_token_id=eos,
+        )  # fmt: skip
+    return transformers.BartConfig(
+        vocab_size=vocab, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=256,
+        pad_token_id=pad, eos_token_id=eos, bos_token_id=eos, decoder_start_token_id=eos, forced_eos_token_id=None,
+    )  # fmt: skip
+
+
 def _config(arch: str, vocab_size: int, labels: list[str] | None) -> object:
     from transformers import BertConfig, RobertaConfig
 
@@ -124,6 +185,7 @@ class Spec:
     labels: list[str] | None = None
     sentence: bool = False
     cross_encoder: bool = False
+    archs: tuple[str, ...] = ("bert", "roberta")
 
 
 SPECS: dict[str, Spec] = {
@@ -136,7 +198,15 @@ SPECS: dict[str, Spec] = {
     "sentence-embeddings": Spec("sentence-embeddings", "AutoModel", sentence=True),
     "sentence-similarity": Spec("sentence-similarity", "AutoModel", sentence=True),
     "ranking": Spec("ranking", "AutoModelForSequenceClassification", ["score"], cross_encoder=True),
+    "text-generation": Spec("text-generation", "AutoModelForCausalLM", archs=("gpt2", "llama")),
+    "text2text-generation": Spec("text2text-generation", "AutoModelForSeq2SeqLM", archs=("t5", "bart")),
+    "summarization": Spec("summarization", "AutoModelForSeq2SeqLM", archs=("t5", "bart")),
+    "translation": Spec("translation", "AutoModelForSeq2SeqLM", archs=("t5", "bart")),
 }
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 # The pooling of each architecture's sentence-transformers models: two different set-ups.
 SENTENCE_POOLING = {"bert": ("mean", True), "roberta": ("cls", False)}
 CARD_TAGS = {"ranking": "text-ranking"}
@@ -150,8 +220,12 @@ def build(task: str, arch: str, out: Path, seed: int = 0) -> Path:
     import transformers
 
     spec = SPECS[task]
-    tokenizer = TOKENIZERS[arch]()
-    config = _config(arch, len(tokenizer), spec.labels)  # type: ignore[arg-type]
+    if arch in ("gpt2", "llama", "t5", "bart"):
+        tokenizer = _generative_tokenizer(arch)
+        config = _generative_config(arch, len(tokenizer), tokenizer)  # type: ignore[arg-type]
+    else:
+        tokenizer = TOKENIZERS[arch]()
+        config = _config(arch, len(tokenizer), spec.labels)  # type: ignore[arg-type]
     torch.manual_seed(seed)
     model = getattr(transformers, spec.head).from_config(config)
     model.eval()
@@ -193,4 +267,4 @@ def _sentence_files(out: Path, arch: str, dimension: int) -> None:
 
 def build_all(root: Path) -> dict[tuple[str, str], Path]:
     """Every task in every architecture, under `root/<arch>-<task>`."""
-    return {(task, arch): build(task, arch, root / f"{arch}-{task}") for task in SPECS for arch in ARCHITECTURES}
+    return {(task, arch): build(task, arch, root / f"{arch}-{task}") for task, spec in SPECS.items() for arch in spec.archs}

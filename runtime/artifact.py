@@ -82,6 +82,7 @@ class Manifest(msgspec.Struct, frozen=True):
     files: dict[str, str]
     versions: dict[str, str]
     pooling: SentencePooling | None = None
+    graphs: dict[str, str] = {}
     backend: str = "onnxruntime"
     compile_seconds: float = 0.0
     config_hash: str = ""

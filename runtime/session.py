@@ -49,6 +49,9 @@ class OnnxModel:
     def provider(self) -> str:
         return str(self.session.get_providers()[0])
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray], *, as_float32: bool = True) -> dict[str, np.ndarray]:
+        """Outputs by name; float32 unless `as_float32` is off (a fp16 cache goes back in as fp16)."""
         outputs = self.session.run(None, {name: feeds[name] for name in self.input_names})
+        if not as_float32:
+            return dict(zip(self.output_names, outputs))
         return {name: np.asarray(value, dtype=np.float32) for name, value in zip(self.output_names, outputs)}

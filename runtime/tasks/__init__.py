@@ -16,6 +16,8 @@ SYNONYMS: dict[str, str] = {
     "text-ranking": "ranking",
     "embeddings": "feature-extraction",
     "sentence-embedding": "sentence-embeddings",
+    "conversational": "text-generation",
+    "text2text": "text2text-generation",
 }
 
 _REGISTRY: dict[str, type[Pipeline]] = {}
@@ -50,6 +52,7 @@ from runtime.tasks import (  # noqa: E402  (the modules register themselves on i
     ranking,
     sentence_embeddings,
     text_classification,
+    text_generation,
     token_classification,
     zero_shot_classification,
 )
@@ -67,6 +70,7 @@ __all__ = [
     "registered",
     "sentence_embeddings",
     "text_classification",
+    "text_generation",
     "token_classification",
     "zero_shot_classification",
 ]

@@ -1,0 +1,280 @@
+"""Generative tasks: text-generation (and chat, the conversational task), text2text-generation,
+summarization and translation, over the KV-cache graphs of `runtime.generation`.
+
+Every pipeline answers whole results like transformers (`pipe(inputs, **parameters)`) and
+streams with `pipe.stream(...)`: `Token` events whose text deltas never split a character,
+then the finish reason. The parameters are transformers' and text-generation-inference's names
+(what `InferenceClient.text_generation` sends), also nested under `generation_parameters` or
+`generate_kwargs`. Options kiln does not implement (beam search, grammars, ...) are refused
+with a 422 that names them, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import msgspec
+
+from runtime import chat
+from runtime.errors import InvalidInput, InvalidParameter, Unprocessable
+from runtime.generation import Generator, Sampling
+from runtime.session import OnnxModel
+from runtime.tasks import register
+from runtime.tasks.base import Pipeline, type_name
+
+
+class GenerationParameters(msgspec.Struct, forbid_unknown_fields=True):
+    max_new_tokens: int | None = None
+    max_length: int | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    do_sample: bool | None = None
+    repetition_penalty: float | None = None
+    seed: int | None = None
+    stop: list[str] | None = None
+    stop_sequences: list[str] | None = None
+    return_full_text: bool | None = None
+    num_beams: int | None = None
+    num_return_sequences: int | None = None
+    truncate: int | None = None
+    details: bool = False
+    decoder_input_details: bool = False
+    watermark: bool = False
+    best_of: int | None = None
+    typical_p: float | None = None
+    frequency_penalty: float | None = None
+    top_n_tokens: int | None = None
+    grammar: Any = None
+    adapter_id: str | None = None
+    src_lang: str | None = None
+    tgt_lang: str | None = None
+    generation_parameters: dict[str, Any] | None = None
+    generate_kwargs: dict[str, Any] | None = None
+
+
+UNSUPPORTED = {
+    "num_beams": 1, "num_return_sequences": 1, "best_of": 1, "watermark": False, "typical_p": None,
+    "frequency_penalty": None, "top_n_tokens": None, "grammar": None, "adapter_id": None,
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the operator allows one request: new tokens, and seconds of generation."""
+
+    max_new_tokens: int = 1024
+    default_new_tokens: int = 100
+    time_limit_s: float | None = 120.0
+
+
+@dataclass
+class Token:
+    id: int
+    text: str
+    logprob: float
+    special: bool
+
+
+@dataclass
+class Finished:
+    text: str
+    reason: str
+    generated_tokens: int
+    prompt_tokens: int
+    seed: int | None
+
+
+class GenerativePipeline(Pipeline):
+    """Shared by every generative task: parameters, sampling, streaming, stop sequences."""
+
+    output_key: ClassVar[str] = "generated_text"
+    limits = Limits()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        encoder = self.manifest.graphs.get("encoder")
+        self.encoder = OnnxModel(self.directory / encoder, self.options) if encoder else None
+        self.generator = Generator(self.model, self.encoder, self.config)
+        path = self.directory / "generation_config.json"
+        self.defaults: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+        tokenizer_config = self.directory / "tokenizer_config.json"
+        self.tokenizer_config: dict[str, Any] = json.loads(tokenizer_config.read_text()) if tokenizer_config.is_file() else {}
+
+    @property
+    def example(self) -> tuple[Any, dict[str, Any]]:  # type: ignore[override]
+        return "Hello", {"max_new_tokens": 2}
+
+    def parameters(self, parameters: dict[str, Any]) -> GenerationParameters:
+        merged = dict(parameters)
+        for key in ("generation_parameters", "generate_kwargs"):
+            nested = merged.pop(key, None)
+            if nested is not None:
+                if not isinstance(nested, dict):
+                    raise InvalidParameter(f"`{key}` must be an object")
+                merged.update(nested)
+        from runtime.tasks.base import parse_parameters
+
+        params = parse_parameters(GenerationParameters, merged)
+        for name, neutral in UNSUPPORTED.items():
+            value = getattr(params, name)
+            if value is not None and value != neutral:
+                raise Unprocessable(f"`{name}` is not supported by this server yet (got {value!r})")
+        return params
+
+    def eos_ids(self) -> tuple[int, ...]:
+        eos = self.defaults.get("eos_token_id", self.config.get("eos_token_id"))
+        return tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
+
+    def sampling(self, params: GenerationParameters, prompt_tokens: int) -> Sampling:
+        d = self.defaults
+        new = params.max_new_tokens
+        if new is None and params.max_length is not None:
+            new = params.max_length - (0 if self.encoder else prompt_tokens)
+        if new is None:
+            new = min(int(d.get("max_new_tokens") or self.limits.default_new_tokens), self.limits.max_new_tokens)
+        if new < 1:
+            raise InvalidParameter(f"nothing to generate: `max_new_tokens` is {new}")
+        if new > self.limits.max_new_tokens:
+            raise Unprocessable(f"`max_new_tokens` is {new}; this server allows at most {self.limits.max_new_tokens}")
+        do_sample = params.do_sample if params.do_sample is not None else bool(d.get("do_sample", False))
+        temperature = params.temperature if params.temperature is not None else float(d.get("temperature") or 1.0)
+        if params.do_sample is None and params.temperature is not None and params.temperature > 0:
+            do_sample = True  # text-generation-inference samples when a temperature is given
+        if temperature <= 0:
+            do_sample, temperature = False, 1.0
+        top_p = params.top_p if params.top_p is not None else float(d.get("top_p") or 1.0)
+        if not 0 < top_p <= 1:
+            raise InvalidParameter(f"`top_p` must be in (0, 1]; got {top_p}")
+        return Sampling(
+            max_new_tokens=new, do_sample=do_sample, temperature=temperature,
+            top_k=params.top_k if params.top_k is not None else int(d.get("top_k", 50) if do_sample else 0),
+            top_p=top_p,
+            repetition_penalty=params.repetition_penalty or float(d.get("repetition_penalty") or 1.0),
+            seed=params.seed, eos_token_ids=self.eos_ids(), time_limit_s=self.limits.time_limit_s,
+        )  # fmt: skip
+
+    def prompt_ids(self, inputs: Any, params: GenerationParameters) -> tuple[str, list[int]]:
+        if not isinstance(inputs, str) or not inputs:
+            raise InvalidInput(f"`inputs` must be a non-empty string; got {type_name(inputs)}")
+        ids = self.tokenizer.encode([inputs], truncation=False, max_length=1 << 30)[0].ids
+        return inputs, self.fit(ids, params)
+
+    def fit(self, ids: list[int], params: GenerationParameters) -> list[int]:
+        if params.truncate is not None:
+            ids = ids[-params.truncate :]
+        if len(ids) > self.tokenizer.max_length:
+            raise Unprocessable(
+                f"the prompt is {len(ids)} tokens and the model takes at most {self.tokenizer.max_length}; "
+                "shorten it or pass `truncate`"
+            )
+        return ids
+
+    def stream(
+        self, inputs: Any, cancelled: Callable[[], bool] = lambda: False, **parameters: Any
+    ) -> Iterator[Token | Finished]:
+        """Tokens as they are generated, then one `Finished` with the whole text and the reason."""
+        params = self.parameters(parameters)
+        _, ids = self.prompt_ids(inputs, params)
+        yield from self._generate(ids, params, cancelled)
+
+    def _generate(self, ids: list[int], params: GenerationParameters, cancelled: Callable[[], bool]) -> Iterator[Token | Finished]:
+        sampling = self.sampling(params, len(ids))
+        stops = [s for s in (params.stop or params.stop_sequences or []) if s]
+        special = set(self.tokenizer.info.special_ids)
+        generated: list[int] = []
+        emitted = ""
+        reason = "length"
+        for step in self.generator.run(ids, sampling, cancelled):
+            generated.append(step.token_id)
+            text = self.tokenizer.decode(generated, skip_special_tokens=True)
+            cut = min((text.find(s) for s in stops if s in text), default=-1)
+            if cut >= 0:
+                text, step.finish_reason = text[:cut], "stop_sequence"
+            delta = "" if text.endswith("\ufffd") and step.finish_reason is None else text[len(emitted) :]
+            emitted += delta
+            yield Token(step.token_id, delta, step.logprob, step.token_id in special)
+            if step.finish_reason is not None:
+                reason = "eos_token" if step.finish_reason == "stop" else step.finish_reason
+                break
+        yield Finished(emitted, reason, len(generated), len(ids), sampling.seed)
+
+    def complete(self, inputs: Any, parameters: dict[str, Any]) -> tuple[str, Finished]:
+        params = self.parameters(parameters)
+        prompt, ids = self.prompt_ids(inputs, params)
+        finished = None
+        for event in self._generate(ids, params, lambda: False):
+            if isinstance(event, Finished):
+                finished = event
+        assert finished is not None
+        return prompt, finished
+
+    def predict(self, inputs: Any, params: Any) -> Any:  # the base parses into a struct; generation parses itself
+        raise NotImplementedError
+
+    def __call__(self, inputs: Any, **parameters: Any) -> Any:
+        prompt, finished = self.complete(inputs, parameters)
+        return [{self.output_key: finished.text}]
+
+
+@register("text-generation")
+class TextGenerationPipeline(GenerativePipeline):
+    """A prompt string -> `[{"generated_text"}]` (the prompt included unless `return_full_text`
+    is false); chat messages -> `[{"generated_text": [...messages, assistant reply]}]`."""
+
+    def prompt_ids(self, inputs: Any, params: GenerationParameters) -> tuple[str, list[int]]:
+        if isinstance(inputs, list):
+            messages = chat.messages_of(inputs)
+            special = {k: self._token(k) for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
+            prompt = chat.render(self.chat_template, messages, special)
+            ids = self.tokenizer.tokenizer.encode(prompt, add_special_tokens=False).ids
+            return prompt, self.fit(ids, params)
+        return super().prompt_ids(inputs, params)
+
+    @property
+    def chat_template(self) -> str | None:
+        """The model's template: `chat_template.jinja` (transformers >= 4.43 saves it there), else
+        `tokenizer_config.json`'s, where a list of named templates means its "default"."""
+        path = self.directory / "chat_template.jinja"
+        if path.is_file():
+            return path.read_text()
+        template = self.tokenizer_config.get("chat_template")
+        if isinstance(template, list):
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = named.get("default")
+        return template if isinstance(template, str) else None
+
+    def _token(self, name: str) -> str | None:
+        value = self.tokenizer_config.get(name)
+        return value.get("content") if isinstance(value, dict) else value
+
+    def __call__(self, inputs: Any, **parameters: Any) -> Any:
+        prompt, finished = self.complete(inputs, parameters)
+        if isinstance(inputs, list):
+            return [{"generated_text": [*inputs, {"role": "assistant", "content": finished.text}]}]
+        full = parameters.get("return_full_text", True)
+        return [{"generated_text": (prompt + finished.text) if full is not False else finished.text}]
+
+
+@register("text2text-generation")
+class Text2TextGenerationPipeline(GenerativePipeline):
+    """An encoder-decoder model: the input string -> `[{"generated_text"}]`."""
+
+    def prompt_ids(self, inputs: Any, params: GenerationParameters) -> tuple[str, list[int]]:
+        prompt, ids = super().prompt_ids(inputs, params)
+        return prompt, ids
+
+
+@register("summarization")
+class SummarizationPipeline(Text2TextGenerationPipeline):
+    output_key = "summary_text"
+
+
+@register("translation")
+class TranslationPipeline(Text2TextGenerationPipeline):
+    """`src_lang` / `tgt_lang` are refused for models that do not take them (most do not)."""
+
+    output_key = "translation_text"
