@@ -395,8 +395,16 @@ def _build(
 
 
 def _build_generative(
-    model_dir: Path, source: Source, task: str, spec: ExportSpec, options: CompileOptions, export_dir: Path,
-    key: str, staging: Path, progress: Progress, started: float,
+    model_dir: Path,
+    source: Source,
+    task: str,
+    spec: ExportSpec,
+    options: CompileOptions,
+    export_dir: Path,
+    key: str,
+    staging: Path,
+    progress: Progress,
+    started: float,
 ) -> tuple[Manifest, list[str]]:
     """fp32 graphs with the key/value cache, validated by greedy decoding (no int8 or fusions yet)."""
     if options.precision not in (Precision.AUTO, Precision.FP32) or options.optimize not in (None, Optimization.NONE):

@@ -55,7 +55,11 @@ def build(
     import transformers
 
     seq2seq = spec.optimum_task.startswith("text2text")
-    graphs = {"decoder": "decoder_model_merged.onnx", "encoder": "encoder_model.onnx"} if seq2seq else {"decoder": "model.onnx"}
+    graphs = (
+        {"decoder": "decoder_model_merged.onnx", "encoder": "encoder_model.onnx"}
+        if seq2seq
+        else {"decoder": "model.onnx"}
+    )
     with progress.step("decoding with PyTorch and with the compiled graphs"):
         tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)  # type: ignore[no-untyped-call]
         torch_model = getattr(transformers, spec.auto_class).from_pretrained(model_dir).eval()
@@ -108,4 +112,3 @@ def _first_logits(decoder: OnnxModel, encoder: OnnxModel | None, ids: list[int],
     finally:
         decoder.run = original  # type: ignore[method-assign]
     return logits[0]
-

@@ -61,7 +61,9 @@ for _spec in (
     ExportSpec("sentence-embeddings", "feature-extraction", _BASE, _HIDDEN, False, token_level=True, pooled=True),
     ExportSpec("sentence-similarity", "feature-extraction", _BASE, _HIDDEN, False, token_level=True, pooled=True),
     ExportSpec("ranking", "text-classification", _SEQ, ("logits",), False, pairs=True),
-    ExportSpec("text-generation", "text-generation-with-past", "AutoModelForCausalLM", ("logits",), True, generative=True),
+    ExportSpec(
+        "text-generation", "text-generation-with-past", "AutoModelForCausalLM", ("logits",), True, generative=True
+    ),
     *(
         ExportSpec(task, "text2text-generation-with-past", "AutoModelForSeq2SeqLM", ("logits",), True, generative=True)
         for task in ("text2text-generation", "summarization", "translation")

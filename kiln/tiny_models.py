@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -110,15 +110,23 @@ def _generative_tokenizer(arch: str) -> object:
         eos = tok.token_to_id("</s>")
         tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", eos)])
         return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
-            tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=256,
+            tokenizer_object=tok,
+            pad_token="<pad>",
+            eos_token="</s>",
+            unk_token="<unk>",
+            model_max_length=256,
             model_input_names=["input_ids", "attention_mask"],
         )
     if arch == "llama":
         bos = tok.token_to_id("<s>")
         tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
     fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
-        tokenizer_object=tok, bos_token="<s>" if arch == "llama" else "<|endoftext|>", eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>", model_max_length=256, model_input_names=["input_ids", "attention_mask"],
+        tokenizer_object=tok,
+        bos_token="<s>" if arch == "llama" else "<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        model_max_length=4096 if arch == "llama" else 256,
+        model_input_names=["input_ids", "attention_mask"],
     )
     if arch == "llama":
         fast.chat_template = CHAT_TEMPLATE
@@ -136,7 +144,7 @@ def _generative_config(arch: str, vocab: int, tokenizer: Any) -> object:
     if arch == "llama":
         return transformers.LlamaConfig(
             vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=256, bos_token_id=tokenizer.bos_token_id, eos_token_id=eos,
+            num_key_value_heads=2, max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id, eos_token_id=eos,
         )  # fmt: skip
     pad = tokenizer.pad_token_id
     if arch == "t5":
@@ -198,7 +206,7 @@ SPECS: dict[str, Spec] = {
     "sentence-embeddings": Spec("sentence-embeddings", "AutoModel", sentence=True),
     "sentence-similarity": Spec("sentence-similarity", "AutoModel", sentence=True),
     "ranking": Spec("ranking", "AutoModelForSequenceClassification", ["score"], cross_encoder=True),
-    "text-generation": Spec("text-generation", "AutoModelForCausalLM", archs=("gpt2", "llama")),
+    "text-generation": Spec("text-generation", "AutoModelForCausalLM", archs=("llama", "gpt2")),
     "text2text-generation": Spec("text2text-generation", "AutoModelForSeq2SeqLM", archs=("t5", "bart")),
     "summarization": Spec("summarization", "AutoModelForSeq2SeqLM", archs=("t5", "bart")),
     "translation": Spec("translation", "AutoModelForSeq2SeqLM", archs=("t5", "bart")),
@@ -267,4 +275,6 @@ def _sentence_files(out: Path, arch: str, dimension: int) -> None:
 
 def build_all(root: Path) -> dict[tuple[str, str], Path]:
     """Every task in every architecture, under `root/<arch>-<task>`."""
-    return {(task, arch): build(task, arch, root / f"{arch}-{task}") for task, spec in SPECS.items() for arch in spec.archs}
+    return {
+        (task, arch): build(task, arch, root / f"{arch}-{task}") for task, spec in SPECS.items() for arch in spec.archs
+    }

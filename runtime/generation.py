@@ -103,7 +103,9 @@ class Generator:
                 continue  # the encoder half of the cache is computed once
             past[name] = outputs[present]
 
-    def run(self, prompt: list[int], sampling: Sampling, cancelled: Callable[[], bool] = lambda: False) -> Iterator[Step]:
+    def run(
+        self, prompt: list[int], sampling: Sampling, cancelled: Callable[[], bool] = lambda: False
+    ) -> Iterator[Step]:
         """Yield generated tokens until EOS, the token limit, the time limit, or cancellation."""
         rng = np.random.default_rng(sampling.seed)
         deadline = time.monotonic() + sampling.time_limit_s if sampling.time_limit_s else None

@@ -26,10 +26,14 @@ class Admission:
         self.admitted = 0
         self.metrics = metrics
 
-    async def run(self, fn: Callable[[], T]) -> T:
+    def check(self) -> None:
+        """Refuse at once when full: before a stream starts, so the refusal is a real 429."""
         if self.admitted >= self.capacity:
             self.metrics.rejected.inc()
             raise Overloaded(f"the server is at capacity ({self.capacity} requests in flight or queued); retry shortly")
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        self.check()
         self.admitted += 1
         self.metrics.queue_depth.inc()
         started = False

@@ -29,6 +29,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 import runtime
 from runtime import Pipeline
+from runtime.tasks.text_generation import GenerativePipeline, Limits
 from runtime.versions import installed
 from server import model as model_source
 from server import wire
@@ -66,6 +67,12 @@ class Service:
                 threads=self.settings.threads,
                 spinning=self.settings.spinning,
             )
+            if isinstance(pipeline, GenerativePipeline):
+                pipeline.limits = Limits(
+                    max_new_tokens=self.settings.max_new_tokens,
+                    default_new_tokens=min(100, self.settings.max_new_tokens),
+                    time_limit_s=self.settings.generation_timeout_s,
+                )
             pipeline.warmup()
         except Exception as exc:
             self.failure = f"the model failed to load: {exc}"
@@ -147,6 +154,11 @@ def observe(app: ASGIApp) -> ASGIApp:
 async def predict(request: Request[Any, Any, Any], service: Service) -> Response[Any]:
     """Inference for the served task: `{"inputs": ..., "parameters": {...}}` in, the task's shape out."""
     pipeline = service.ready()
+    if isinstance(pipeline, GenerativePipeline):
+        from server.generate import predict_generation
+
+        answer = await predict_generation(request, service, pipeline)
+        return answer if isinstance(answer, Response) else Response(answer)
     inputs, parameters = wire.decode(request.headers.get("content-type"), await request.body(), pipeline.task)
     result = await service.infer(pipeline, inputs, parameters)
     return Response(wire.adapt(pipeline.task, result, request.headers.get("user-agent")))
@@ -200,10 +212,10 @@ def create_app(settings: Settings, *, service: Service | None = None) -> Litesta
                 service.closing = True
                 group.cancel_scope.cancel()
 
-    from server.compat import ROUTES
+    from server import compat, generate
 
     return Litestar(
-        route_handlers=[predict, health, info, metrics, *ROUTES],
+        route_handlers=[predict, health, info, metrics, *compat.ROUTES, *generate.ROUTES],
         dependencies={"service": Provide(get_service, sync_to_thread=False)},
         exception_handlers=HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],

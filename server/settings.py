@@ -40,6 +40,8 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "KILN_MAX_CONCURRENCY": ("max_concurrency", int),
     "KILN_MAX_QUEUE": ("max_queue", int),
     "KILN_MAX_CLIENT_BATCH": ("max_client_batch", int),
+    "KILN_MAX_NEW_TOKENS": ("max_new_tokens", int),
+    "KILN_GENERATION_TIMEOUT": ("generation_timeout_s", float),
     "KILN_API_TOKEN": ("api_token", str),
     "KILN_CACHE": ("cache_dir", Path),
     "KILN_LOG_LEVEL": ("log_level", str),
@@ -61,6 +63,8 @@ class Settings:
     max_concurrency: int = 1
     max_queue: int = 64
     max_client_batch: int = 64
+    max_new_tokens: int = 1024
+    generation_timeout_s: float = 120.0
     api_token: str | None = None
     cache_dir: Path = Path.home() / ".cache" / "kiln" / "artifacts"
     trust_remote_code: bool = False

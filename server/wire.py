@@ -55,6 +55,20 @@ def decode(content_type: str | None, body: bytes, task: str) -> tuple[Any, dict[
     return inputs, parameters
 
 
+def decode_generation(content_type: str | None, body: bytes, task: str) -> tuple[Any, dict[str, Any], bool]:
+    """`(inputs, parameters, stream)`: generation requests may also carry TGI's top-level `stream`."""
+    require_json(content_type, task)
+    try:
+        payload = msgspec.json.decode(body) if body.strip() else None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+    stream = payload.pop("stream", False) if isinstance(payload, dict) else False
+    if not isinstance(stream, bool):
+        raise BadRequest("`stream` must be true or false")
+    inputs, parameters = decode(content_type, msgspec.json.encode(payload), task)
+    return inputs, parameters, stream
+
+
 def batch_size(inputs: Any) -> int:
     """How many model inputs a request holds: list items, or the texts/sentences of a dict."""
     if isinstance(inputs, dict):

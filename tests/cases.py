@@ -70,6 +70,16 @@ CASES: dict[str, list[tuple[Any, dict[str, Any]]]] = {
             {"return_text": True},
         ),
     ],
+    "text-generation": [
+        ("Hello, my name is", {"max_new_tokens": 8}),
+        ("Hello, my name is", {"max_new_tokens": 6, "return_full_text": False, "repetition_penalty": 1.3}),
+        ([{"role": "user", "content": "What is the weather like?"}], {"max_new_tokens": 5}),
+        ("The weather today is", {"max_new_tokens": 8, "do_sample": True, "seed": 7, "top_k": 20, "top_p": 0.9}),
+        ("The weather today is", {"generation_parameters": {"max_new_tokens": 4}}),
+    ],
+    "text2text-generation": [("The weather today is sunny.", {"max_new_tokens": 8})],
+    "summarization": [("The weather today is sunny with a chance of rain in the evening.", {"max_new_tokens": 6})],
+    "translation": [("translate English to German: The house is wonderful.", {"max_length": 8})],
 }
 # Tasks with a transformers pipeline to compare against (the others compare with sentence-transformers).
 TRANSFORMERS_TASKS = [
@@ -80,3 +90,4 @@ TRANSFORMERS_TASKS = [
     "fill-mask",
     "feature-extraction",
 ]
+GENERATIVE = ["text-generation", "text2text-generation", "summarization", "translation"]

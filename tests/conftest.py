@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kiln.tiny_models import ARCHITECTURES, SPECS, build
+from kiln.tiny_models import SPECS, build
 
 ROOT = Path(__file__).resolve().parents[1]
 KILN = [sys.executable, "-m", "kiln"]
@@ -33,7 +33,9 @@ def offline_env(**extra: str) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
     root = tmp_path_factory.mktemp("models")
-    return {(task, arch): build(task, arch, root / f"{arch}-{task}") for task in SPECS for arch in ARCHITECTURES}
+    return {
+        (task, arch): build(task, arch, root / f"{arch}-{task}") for task, spec in SPECS.items() for arch in spec.archs
+    }
 
 
 @pytest.fixture(scope="session")
@@ -135,5 +137,5 @@ def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
 
 @pytest.fixture(scope="session")
 def servers(artifacts: dict[tuple[str, str], Path], start_server: Callable[..., Server]) -> dict[str, Server]:
-    """One server per task, on the BERT tiny artifacts, shared by the HTTP tests."""
-    return {task: start_server(str(artifacts[task, "bert"])) for task in SPECS}
+    """One server per task, on each task's first tiny architecture, shared by the HTTP tests."""
+    return {task: start_server(str(artifacts[task, spec.archs[0]])) for task, spec in SPECS.items()}

@@ -19,6 +19,10 @@ SERVED = [
     "sentence-embeddings",
     "sentence-similarity",
     "ranking",
+    "text-generation",
+    "text2text-generation",
+    "summarization",
+    "translation",
 ]
 
 
@@ -35,5 +39,6 @@ def test_synonyms_resolve_in_one_table() -> None:
     assert canonical("sentiment-analysis") == "text-classification"
     assert canonical("NER") == "token-classification"
     assert canonical("question_answering") == "question-answering"
+    assert canonical("conversational") == "text-generation"
     assert all(canonical(alias) == target for alias, target in SYNONYMS.items())
     assert export_spec("sentiment-analysis").task == "text-classification"

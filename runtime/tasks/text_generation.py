@@ -79,6 +79,16 @@ class Token:
     special: bool
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A request checked and tokenized, ready to generate: errors surface before any streaming."""
+
+    prompt: str
+    ids: list[int]
+    params: GenerationParameters
+    sampling: Sampling
+
+
 @dataclass
 class Finished:
     text: str
@@ -101,8 +111,8 @@ class GenerativePipeline(Pipeline):
         self.generator = Generator(self.model, self.encoder, self.config)
         path = self.directory / "generation_config.json"
         self.defaults: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
-        tokenizer_config = self.directory / "tokenizer_config.json"
-        self.tokenizer_config: dict[str, Any] = json.loads(tokenizer_config.read_text()) if tokenizer_config.is_file() else {}
+        config_path = self.directory / "tokenizer_config.json"
+        self.tokenizer_config: dict[str, Any] = json.loads(config_path.read_text()) if config_path.is_file() else {}
 
     @property
     def example(self) -> tuple[Any, dict[str, Any]]:  # type: ignore[override]
@@ -123,6 +133,8 @@ class GenerativePipeline(Pipeline):
             value = getattr(params, name)
             if value is not None and value != neutral:
                 raise Unprocessable(f"`{name}` is not supported by this server yet (got {value!r})")
+        if params.src_lang or params.tgt_lang:
+            raise Unprocessable("this model takes no `src_lang` / `tgt_lang`: its languages are fixed by training")
         return params
 
     def eos_ids(self) -> tuple[int, ...]:
@@ -134,12 +146,19 @@ class GenerativePipeline(Pipeline):
         new = params.max_new_tokens
         if new is None and params.max_length is not None:
             new = params.max_length - (0 if self.encoder else prompt_tokens)
+        window = self.tokenizer.max_length - (0 if self.encoder else prompt_tokens)
         if new is None:
-            new = min(int(d.get("max_new_tokens") or self.limits.default_new_tokens), self.limits.max_new_tokens)
+            asked = int(d.get("max_new_tokens") or self.limits.default_new_tokens)
+            new = max(1, min(asked, self.limits.max_new_tokens, window))
         if new < 1:
             raise InvalidParameter(f"nothing to generate: `max_new_tokens` is {new}")
         if new > self.limits.max_new_tokens:
             raise Unprocessable(f"`max_new_tokens` is {new}; this server allows at most {self.limits.max_new_tokens}")
+        if new > window:
+            raise Unprocessable(
+                f"the prompt ({prompt_tokens} tokens) and `max_new_tokens` ({new}) exceed the model's window of "
+                f"{self.tokenizer.max_length} tokens"
+            )
         do_sample = params.do_sample if params.do_sample is not None else bool(d.get("do_sample", False))
         temperature = params.temperature if params.temperature is not None else float(d.get("temperature") or 1.0)
         if params.do_sample is None and params.temperature is not None and params.temperature > 0:
@@ -173,16 +192,19 @@ class GenerativePipeline(Pipeline):
             )
         return ids
 
+    def prepare(self, inputs: Any, parameters: dict[str, Any]) -> Prepared:
+        params = self.parameters(parameters)
+        prompt, ids = self.prompt_ids(inputs, params)
+        return Prepared(prompt, ids, params, self.sampling(params, len(ids)))
+
     def stream(
         self, inputs: Any, cancelled: Callable[[], bool] = lambda: False, **parameters: Any
     ) -> Iterator[Token | Finished]:
         """Tokens as they are generated, then one `Finished` with the whole text and the reason."""
-        params = self.parameters(parameters)
-        _, ids = self.prompt_ids(inputs, params)
-        yield from self._generate(ids, params, cancelled)
+        yield from self.events(self.prepare(inputs, parameters), cancelled)
 
-    def _generate(self, ids: list[int], params: GenerationParameters, cancelled: Callable[[], bool]) -> Iterator[Token | Finished]:
-        sampling = self.sampling(params, len(ids))
+    def events(self, prepared: Prepared, cancelled: Callable[[], bool] = lambda: False) -> Iterator[Token | Finished]:
+        ids, params, sampling = prepared.ids, prepared.params, prepared.sampling
         stops = [s for s in (params.stop or params.stop_sequences or []) if s]
         special = set(self.tokenizer.info.special_ids)
         generated: list[int] = []
@@ -203,20 +225,20 @@ class GenerativePipeline(Pipeline):
         yield Finished(emitted, reason, len(generated), len(ids), sampling.seed)
 
     def complete(self, inputs: Any, parameters: dict[str, Any]) -> tuple[str, Finished]:
-        params = self.parameters(parameters)
-        prompt, ids = self.prompt_ids(inputs, params)
-        finished = None
-        for event in self._generate(ids, params, lambda: False):
-            if isinstance(event, Finished):
-                finished = event
-        assert finished is not None
-        return prompt, finished
+        prepared = self.prepare(inputs, parameters)
+        return prepared.prompt, self.finish(prepared)[1]
 
-    def predict(self, inputs: Any, params: Any) -> Any:  # the base parses into a struct; generation parses itself
-        raise NotImplementedError
+    def finish(self, prepared: Prepared) -> tuple[list[Token], Finished]:
+        """Generate to the end: the tokens and the outcome."""
+        tokens: list[Token] = []
+        for event in self.events(prepared):
+            if isinstance(event, Finished):
+                return tokens, event
+            tokens.append(event)
+        raise AssertionError("generation ended without a Finished event")
 
     def __call__(self, inputs: Any, **parameters: Any) -> Any:
-        prompt, finished = self.complete(inputs, parameters)
+        _, finished = self.complete(inputs, parameters)
         return [{self.output_key: finished.text}]
 
 
@@ -263,10 +285,6 @@ class TextGenerationPipeline(GenerativePipeline):
 class Text2TextGenerationPipeline(GenerativePipeline):
     """An encoder-decoder model: the input string -> `[{"generated_text"}]`."""
 
-    def prompt_ids(self, inputs: Any, params: GenerationParameters) -> tuple[str, list[int]]:
-        prompt, ids = super().prompt_ids(inputs, params)
-        return prompt, ids
-
 
 @register("summarization")
 class SummarizationPipeline(Text2TextGenerationPipeline):
@@ -275,6 +293,7 @@ class SummarizationPipeline(Text2TextGenerationPipeline):
 
 @register("translation")
 class TranslationPipeline(Text2TextGenerationPipeline):
-    """`src_lang` / `tgt_lang` are refused for models that do not take them (most do not)."""
+    """`src_lang` / `tgt_lang` are refused: kiln serves models whose languages are fixed (T5-style
+    prefixes go in the input, as "translate English to German: ...")."""
 
     output_key = "translation_text"

@@ -1,0 +1,277 @@
+"""Generation over HTTP: the contract's `POST /`, text-generation-inference's streaming protocol
+(what `InferenceClient.text_generation` speaks), and OpenAI's `/v1/chat/completions` and
+`/v1/completions`, streamed as server-sent events when asked.
+
+The generation loop runs on a worker thread under the same admission as every request and hands
+tokens to the event loop as they come. A client that disconnects cancels its stream; the loop
+sees the flag at the next token and frees its worker, so the next request is not delayed.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Literal
+
+import anyio
+import anyio.from_thread
+import msgspec
+from litestar import Request, post
+from litestar.response import Stream
+
+from runtime.tasks.text_generation import Finished, GenerativePipeline, Prepared, Token
+from server import wire
+from server.app import Service, observe, require_token
+from server.errors import BadRequest, NotServed
+
+SSE = "text/event-stream"
+TGI_REASONS = {"eos_token": "eos_token", "stop_sequence": "stop_sequence"}  # anything else: "length"
+OPENAI_REASONS = {"eos_token": "stop", "stop_sequence": "stop", "cancelled": "stop"}  # anything else: "length"
+
+
+def generative(service: Service) -> GenerativePipeline:
+    pipeline = service.ready()
+    if not isinstance(pipeline, GenerativePipeline):
+        raise NotServed(f"this server serves {pipeline.task}; generation needs a text-generation model")
+    return pipeline
+
+
+async def events(service: Service, pipeline: GenerativePipeline, prepared: Prepared) -> AsyncIterator[Token | Finished]:
+    """Run one generation on a worker and yield its events; stop it when the consumer goes away."""
+    send, receive = anyio.create_memory_object_stream[Token | Finished | BaseException](math.inf)
+    cancelled = threading.Event()
+
+    def work() -> None:
+        try:
+            for event in pipeline.events(prepared, cancelled.is_set):
+                anyio.from_thread.run_sync(send.send_nowait, event)
+        except Exception as exc:
+            anyio.from_thread.run_sync(send.send_nowait, exc)
+
+    async def run() -> None:
+        try:
+            await service.run(pipeline.task, 1, work)
+        except Exception as exc:
+            send.send_nowait(exc)
+        finally:
+            send.close()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(run)
+        try:
+            async for event in receive:
+                if isinstance(event, BaseException):
+                    raise event
+                yield event
+        finally:
+            cancelled.set()
+
+
+def sse(payload: Any) -> bytes:
+    return b"data: " + msgspec.json.encode(payload) + b"\n\n"
+
+
+def tgi_token(index: int, token: Token, finished: Finished | None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "index": index,
+        "token": {"id": token.id, "text": token.text, "logprob": token.logprob, "special": token.special},
+        "generated_text": None,
+        "details": None,
+    }
+    if finished is not None:
+        body["generated_text"] = finished.text
+        body["details"] = {
+            "finish_reason": TGI_REASONS.get(finished.reason, "length"),
+            "generated_tokens": finished.generated_tokens,
+            "seed": finished.seed,
+        }
+    return body
+
+
+async def predict_generation(request: Request[Any, Any, Any], service: Service, pipeline: GenerativePipeline) -> Any:
+    """`POST /` for a generative model: the transformers shape, TGI's `details`, or a TGI stream."""
+    payload = wire.decode_generation(request.headers.get("content-type"), await request.body(), pipeline.task)
+    inputs, parameters, stream = payload
+    from_hf_client = wire.hf_hub_version(request.headers.get("user-agent")) is not None
+    if from_hf_client and pipeline.task == "text-generation" and "return_full_text" not in parameters:
+        parameters["return_full_text"] = False  # the client speaks TGI, which answers the completion alone
+    prepared = await service.run(pipeline.task, 1, lambda: pipeline.prepare(inputs, parameters))
+    if stream:
+        service.admission.check()
+        return Stream(_tgi_tokens(service, pipeline, prepared), media_type=SSE)
+    tokens, finished = await service.run(pipeline.task, 1, lambda: pipeline.finish(prepared))
+    text = finished.text
+    if isinstance(inputs, list):
+        return [{"generated_text": [*inputs, {"role": "assistant", "content": text}]}]
+    if parameters.get("return_full_text", pipeline.task == "text-generation") and pipeline.task == "text-generation":
+        text = prepared.prompt + text
+    answer: dict[str, Any] = {pipeline.output_key: text}
+    if prepared.params.details:
+        answer["details"] = {
+            "finish_reason": TGI_REASONS.get(finished.reason, "length"),
+            "generated_tokens": finished.generated_tokens,
+            "seed": finished.seed,
+            "prefill": [],
+            "tokens": [{"id": t.id, "text": t.text, "logprob": t.logprob, "special": t.special} for t in tokens],
+        }
+    return [answer]
+
+
+async def _tgi_tokens(service: Service, pipeline: GenerativePipeline, prepared: Prepared) -> AsyncIterator[bytes]:
+    """TGI's stream: one event per token; the last carries the whole text and the details."""
+    index, pending = 0, None
+    try:
+        async for event in events(service, pipeline, prepared):
+            if isinstance(event, Token):
+                if pending is not None:
+                    yield sse(tgi_token(index, pending, None))
+                index, pending = index + 1, event
+            elif pending is not None:
+                yield sse(tgi_token(index, pending, event))
+    except Exception as exc:
+        yield sse({"error": str(exc), "error_type": getattr(exc, "error_type", "generation_error")})
+
+
+class ChatRequest(msgspec.Struct):
+    messages: list[dict[str, Any]]
+    model: str | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    n: int = 1
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    stream_options: dict[str, Any] | None = None
+    user: str | None = None
+
+
+class CompletionRequest(msgspec.Struct):
+    prompt: str
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    n: int = 1
+    echo: bool = False
+    user: str | None = None
+
+
+def openai_parameters(req: ChatRequest | CompletionRequest) -> dict[str, Any]:
+    if req.n != 1:
+        raise BadRequest("`n` must be 1: this server generates one choice per request")
+    if getattr(req, "frequency_penalty", None) or getattr(req, "presence_penalty", None):
+        raise BadRequest("`frequency_penalty` and `presence_penalty` are not supported; use `repetition_penalty`")
+    parameters: dict[str, Any] = {}
+    limit = getattr(req, "max_completion_tokens", None) or req.max_tokens
+    if limit is not None:
+        parameters["max_new_tokens"] = limit
+    for name in ("temperature", "top_p", "seed"):
+        if getattr(req, name) is not None:
+            parameters[name] = getattr(req, name)
+    if req.temperature is not None:
+        parameters["do_sample"] = req.temperature > 0
+    if req.stop:
+        parameters["stop"] = [req.stop] if isinstance(req.stop, str) else req.stop
+    return parameters
+
+
+def _openai_response(
+    kind: Literal["chat.completion", "text_completion"], model: str, text: str, finished: Finished
+) -> dict[str, Any]:
+    choice: dict[str, Any] = {"index": 0, "finish_reason": OPENAI_REASONS.get(finished.reason, "length")}
+    if kind == "chat.completion":
+        choice["message"] = {"role": "assistant", "content": text}
+    else:
+        choice |= {"text": text, "logprobs": None}
+    return {
+        "id": f"{'chatcmpl' if kind == 'chat.completion' else 'cmpl'}-{uuid.uuid4().hex}",
+        "object": kind,
+        "created": int(time.time()),
+        "model": model,
+        "choices": [choice],
+        "usage": {
+            "prompt_tokens": finished.prompt_tokens,
+            "completion_tokens": finished.generated_tokens,
+            "total_tokens": finished.prompt_tokens + finished.generated_tokens,
+        },
+    }
+
+
+async def _openai_stream(
+    service: Service, pipeline: GenerativePipeline, prepared: Prepared, model: str, chunk: Callable[..., dict[str, Any]]
+) -> AsyncIterator[bytes]:
+    ident = f"chatcmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    yield sse(chunk(ident, created, model, {"role": "assistant", "content": ""}, None))
+    try:
+        async for event in events(service, pipeline, prepared):
+            if isinstance(event, Token):
+                if event.text:
+                    yield sse(chunk(ident, created, model, {"content": event.text}, None))
+            else:
+                yield sse(chunk(ident, created, model, {}, OPENAI_REASONS.get(event.reason, "length")))
+    except Exception as exc:
+        yield sse({"error": {"message": str(exc), "type": getattr(exc, "error_type", "generation_error")}})
+    yield b"data: [DONE]\n\n"
+
+
+def _chat_chunk(ident: str, created: int, model: str, delta: dict[str, Any], reason: str | None) -> dict[str, Any]:
+    return {
+        "id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": reason}],
+    }  # fmt: skip
+
+
+def _completion_chunk(
+    ident: str, created: int, model: str, delta: dict[str, Any], reason: str | None
+) -> dict[str, Any]:
+    return {
+        "id": ident, "object": "text_completion", "created": created, "model": model,
+        "choices": [{"index": 0, "text": delta.get("content", ""), "finish_reason": reason, "logprobs": None}],
+    }  # fmt: skip
+
+
+@post("/v1/chat/completions", status_code=200, guards=[require_token], middleware=[observe], summary="OpenAI chat")
+async def chat_completions(request: Request[Any, Any, Any], service: Service) -> Any:
+    pipeline = generative(service)
+    wire.require_json(request.headers.get("content-type"), "/v1/chat/completions")
+    req = wire.decode_struct(await request.body(), ChatRequest)
+    if pipeline.task != "text-generation":
+        raise NotServed(f"this server serves {pipeline.task}; chat needs a text-generation model")
+    parameters = openai_parameters(req)
+    prepared = await service.run(pipeline.task, 1, lambda: pipeline.prepare(req.messages, parameters))
+    model = req.model or pipeline.manifest.source.model
+    if req.stream:
+        service.admission.check()
+        return Stream(_openai_stream(service, pipeline, prepared, model, _chat_chunk), media_type=SSE)
+    _, finished = await service.run(pipeline.task, 1, lambda: pipeline.finish(prepared))
+    return _openai_response("chat.completion", model, finished.text, finished)
+
+
+@post("/v1/completions", status_code=200, guards=[require_token], middleware=[observe], summary="OpenAI completions")
+async def completions(request: Request[Any, Any, Any], service: Service) -> Any:
+    pipeline = generative(service)
+    wire.require_json(request.headers.get("content-type"), "/v1/completions")
+    req = wire.decode_struct(await request.body(), CompletionRequest)
+    parameters = openai_parameters(req)
+    prepared = await service.run(pipeline.task, 1, lambda: pipeline.prepare(req.prompt, parameters))
+    model = req.model or pipeline.manifest.source.model
+    if req.stream:
+        service.admission.check()
+        return Stream(_openai_stream(service, pipeline, prepared, model, _completion_chunk), media_type=SSE)
+    _, finished = await service.run(pipeline.task, 1, lambda: pipeline.finish(prepared))
+    text = (req.prompt + finished.text) if req.echo else finished.text
+    return _openai_response("text_completion", model, text, finished)
+
+
+ROUTES = [chat_completions, completions]
