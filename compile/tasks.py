@@ -114,6 +114,8 @@ def infer_task(model_dir: Path) -> str:
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     if sentence_transformer:
         return "sentence-embeddings"
+    if not config and any(model_dir.glob("*.gguf")):
+        return "text-generation"  # GGUF files hold language models
     if "sentence_transformers" in config and config.get("num_labels", len(config.get("id2label") or {})) == 1:
         return "ranking"  # a sentence-transformers CrossEncoder
     for architecture in config.get("architectures") or []:

@@ -94,7 +94,7 @@ class Server:
             stderr=subprocess.STDOUT,
         )
 
-    def wait_ready(self, timeout: float = 120) -> float:
+    def wait_ready(self, timeout: float = 300) -> float:
         start = time.monotonic()
         while time.monotonic() - start < timeout:
             if self.process.poll() is not None:
