@@ -219,6 +219,16 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
             else "refused",
             "met": bool(int8 and not int8["note"] and int8["speedup"] >= GOALS["minilm_int8_speedup"]),
         },
+        *[
+            {
+                "goal": f"{r['model']}: generation tokens/s, compiled vs PyTorch generate (greedy, 128 new)",
+                "target": ">= 1.5x",
+                "measured": f"{r['speedup']:.2f}x ({r['tokens_per_s']:.1f} tokens/s)",
+                "met": r["speedup"] >= 1.5,
+            }
+            for r in results.get("generation", [])
+            if r["contestant"] == "compiled"
+        ],
         {
             "goal": "server overhead (HTTP p50 - in-process p50)",
             "target": "<= 1 ms",

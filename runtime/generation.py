@@ -118,7 +118,7 @@ class Generator:
             past = self._empty_past(0)
             context = {"encoder_attention_mask": mask, "encoder_hidden_states": hidden}
             tokens = [self.decoder_start]
-            seen = np.array([], dtype=np.int64)
+            seen = np.array(tokens, dtype=np.int64)  # transformers penalizes the decoder's own inputs
             step_ids = np.array([tokens], dtype=np.int64)
         else:
             past = self._empty_past()
@@ -159,3 +159,79 @@ class Generator:
                 yield Step(token, logprob, "time_limit")
                 return
             yield Step(token, logprob)
+
+
+def beam_search(
+    generator: Generator, prompt: list[int], sampling: Sampling, num_beams: int, length_penalty: float = 1.0,
+    early_stopping: bool | str = False,
+) -> list[int]:  # fmt: skip
+    """transformers' beam search (4.57, batch of one), deterministic: the best finished sequence's
+    new tokens. Candidates: the top `max(2, 1 + n_eos) * num_beams` continuations; a finished one
+    counts only among the top `num_beams`, scored `sum logprob / generated_length ** length_penalty`;
+    the search stops when no running beam can beat the worst finished one."""
+    n, eos = num_beams, set(sampling.eos_token_ids)
+    keep = max(2, 1 + len(eos)) * n
+    seq2seq = generator.encoder is not None
+    context: dict[str, np.ndarray] = {}
+    if seq2seq:
+        ids = np.array([prompt], dtype=np.int64)
+        mask = np.ones_like(ids)
+        hidden = generator.encoder.run({"input_ids": ids, "attention_mask": mask})["last_hidden_state"]  # type: ignore[union-attr]
+        context = {"encoder_attention_mask": np.repeat(mask, n, 0), "encoder_hidden_states": np.repeat(hidden, n, 0)}
+        start = [generator.decoder_start]
+    else:
+        start = list(prompt)
+    prompt_len = len(start)
+    max_length = prompt_len + sampling.max_new_tokens
+    running = np.array([start] * n, dtype=np.int64)
+    running_scores = np.zeros(n, dtype=np.float32)
+    running_scores[1:] = -1e9
+    finished: list[list[int]] = [[] for _ in range(n)]
+    finished_scores = np.full(n, -1e9, dtype=np.float32)
+    is_finished = np.zeros(n, dtype=bool)
+    past = {name: np.repeat(value, n, 0) for name, value in generator._empty_past().items()}
+    step_ids, first, unsatisfied = running, True, True
+    while True:
+        cur_len = running.shape[1]
+        feeds = {"input_ids": step_ids, **past, **context, "use_cache_branch": np.array([not first])}
+        feeds["attention_mask"] = np.ones((n, cur_len), dtype=np.int64)
+        feeds["position_ids"] = np.tile(np.arange(cur_len - step_ids.shape[1], cur_len, dtype=np.int64), (n, 1))
+        outputs = generator.decoder.run(feeds, as_float32=False)
+        generator._present_to_past(outputs, past, first)
+        first = False
+        logits = outputs["logits"][:, -1].astype(np.float32)
+        log_probs = np.stack([process(log_softmax(row), running[b], sampling) for b, row in enumerate(logits)])
+        vocab = log_probs.shape[1]
+        accumulated = (log_probs + running_scores[:, None]).reshape(-1)
+        top = np.argsort(-accumulated, kind="stable")[:keep]
+        top_scores, top_beams, top_tokens = accumulated[top], top // vocab, top % vocab
+        top_seqs = np.concatenate([running[top_beams], top_tokens[:, None]], axis=1)
+        hits = np.array([t in eos for t in top_tokens]) | (cur_len + 1 >= max_length)
+        masked = top_scores + hits * -1e9
+        chosen = np.argsort(-masked, kind="stable")[:n]
+        running, running_scores, beam_index = top_seqs[chosen], masked[chosen].astype(np.float32), top_beams[chosen]
+        candidate = top_scores / ((cur_len + 1 - prompt_len) ** length_penalty)
+        newly = hits & (np.arange(keep) < n)
+        candidate = candidate + (np.all(is_finished) & (early_stopping is True)) * -1e9
+        candidate = candidate + (not unsatisfied) * -1e9 + (~newly) * -1e9
+        merged_scores = np.concatenate([finished_scores, candidate])
+        merged_seqs = finished + [list(s) for s in top_seqs]
+        merged_done = np.concatenate([is_finished, newly])
+        best = np.argsort(-merged_scores, kind="stable")[:n]
+        finished = [merged_seqs[i] for i in best]
+        finished_scores, is_finished = merged_scores[best].astype(np.float32), merged_done[best]
+        for name in past:
+            past[name] = past[name][beam_index]
+        step_ids = running[:, -1:]
+        cur_len += 1
+        if early_stopping == "never" and length_penalty > 0.0:
+            hypothetical = max_length - prompt_len
+        else:
+            hypothetical = cur_len - prompt_len
+        best_running = running_scores[0] / (hypothetical**length_penalty)
+        worst = np.where(is_finished, finished_scores.min(), -1e9)
+        unsatisfied = unsatisfied and bool(np.any(best_running > worst))
+        open_beam = not (np.all(is_finished) and early_stopping is True)
+        if not (unsatisfied and open_beam and not np.all(hits)):
+            break
+    return [int(t) for t in finished[0][prompt_len:]]

@@ -92,8 +92,8 @@ def test_streaming_gives_the_same_text_and_limits_hold(artifacts: dict) -> None:
     assert finished.reason == "length" and finished.generated_tokens == 9
     stopped = list(pipe.stream("Hello, my name is", max_new_tokens=30, stop=[finished.text[2:4]]))[-1]
     assert stopped.reason == "stop_sequence" and finished.text[2:4] not in stopped.text  # type: ignore[union-attr]
-    with pytest.raises(Unprocessable, match="num_beams"):
-        pipe("Hello", num_beams=4)
+    with pytest.raises(Unprocessable, match="grammar"):
+        pipe("Hello", grammar={"type": "json", "value": {}})
     with pytest.raises(InvalidParameter, match="unknown parameter"):
         pipe("Hello", temprature=0.5)
 
@@ -151,8 +151,8 @@ def test_chat_completion_clients(llm: Server, artifacts: dict) -> None:
 def test_generation_errors_over_http(llm: Server, servers: dict[str, Server]) -> None:
     too_many = httpx.post(llm.url, json={"inputs": "Hi", "parameters": {"max_new_tokens": 5000}})
     assert too_many.status_code == 422 and "at most 3000" in too_many.json()["error"]
-    beams = httpx.post(llm.url, json={"inputs": "Hi", "parameters": {"num_beams": 2}})
-    assert beams.status_code == 422 and "num_beams" in beams.json()["error"]
+    grammar = httpx.post(llm.url, json={"inputs": "Hi", "parameters": {"grammar": {"type": "regex", "value": "a+"}}})
+    assert grammar.status_code == 422 and "grammar" in grammar.json()["error"]
     no_template = httpx.post(
         f"{servers['text-generation'].url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]}
     )
@@ -179,3 +179,17 @@ def test_disconnected_stream_stops_and_frees_the_worker(llm: Server) -> None:
     assert quick.status_code == 200 and time.monotonic() - start < 2.0
     metrics = httpx.get(f"{llm.url}/metrics").text
     assert "kiln_in_flight 0.0" in metrics
+
+
+@pytest.mark.parametrize(
+    ("task", "arch"), [("text-generation", "llama"), ("text-generation", "gpt2"), ("summarization", "t5")]
+)
+def test_beam_search_matches_transformers(task: str, arch: str, tiny_models: dict, artifacts: dict) -> None:
+    compiled = runtime.load(artifacts[task, arch])
+    reference = transformers_pipeline(task, tiny_models[task, arch])
+    for prompt in PROMPTS:
+        for beams in (2, 4):
+            kwargs: dict[str, Any] = {"max_new_tokens": 8, "num_beams": beams}
+            assert compiled(prompt, **kwargs) == reference(prompt, do_sample=False, **kwargs), (prompt, beams)
+    with pytest.raises(Unprocessable, match="beam search with sampling"):
+        compiled("Hello", num_beams=2, do_sample=True)

@@ -5,7 +5,8 @@ Every pipeline answers whole results like transformers (`pipe(inputs, **paramete
 streams with `pipe.stream(...)`: `Token` events whose text deltas never split a character,
 then the finish reason. The parameters are transformers' and text-generation-inference's names
 (what `InferenceClient.text_generation` sends), also nested under `generation_parameters` or
-`generate_kwargs`. Options kiln does not implement (beam search, grammars, ...) are refused
+`generate_kwargs`. `num_beams` > 1 is transformers' beam search (answered at the end, also when
+streamed). Options kiln does not implement (grammars, watermarks, ...) are refused
 with a 422 that names them, never silently ignored.
 """
 
@@ -20,7 +21,7 @@ import msgspec
 
 from runtime import chat
 from runtime.errors import InvalidInput, InvalidParameter, Unprocessable
-from runtime.generation import Generator, Sampling
+from runtime.generation import Generator, Sampling, beam_search
 from runtime.session import OnnxModel
 from runtime.tasks import register
 from runtime.tasks.base import Pipeline, type_name
@@ -57,7 +58,7 @@ class GenerationParameters(msgspec.Struct, forbid_unknown_fields=True):
 
 
 UNSUPPORTED = {
-    "num_beams": 1, "num_return_sequences": 1, "best_of": 1, "watermark": False, "typical_p": None,
+    "num_return_sequences": 1, "best_of": 1, "watermark": False, "typical_p": None,
     "frequency_penalty": None, "top_n_tokens": None, "grammar": None, "adapter_id": None,
 }  # fmt: skip
 
@@ -87,6 +88,7 @@ class Prepared:
     ids: list[int]
     params: GenerationParameters
     sampling: Sampling
+    num_beams: int = 1
 
 
 @dataclass
@@ -195,7 +197,13 @@ class GenerativePipeline(Pipeline):
     def prepare(self, inputs: Any, parameters: dict[str, Any]) -> Prepared:
         params = self.parameters(parameters)
         prompt, ids = self.prompt_ids(inputs, params)
-        return Prepared(prompt, ids, params, self.sampling(params, len(ids)))
+        sampling = self.sampling(params, len(ids))
+        beams = params.num_beams if params.num_beams is not None else int(self.defaults.get("num_beams") or 1)
+        if beams > 1 and sampling.do_sample:
+            raise Unprocessable("beam search with sampling is not supported: set `do_sample` false or `num_beams` 1")
+        if beams < 1:
+            raise InvalidParameter(f"`num_beams` must be at least 1; got {beams}")
+        return Prepared(prompt, ids, params, sampling, beams)
 
     def stream(
         self, inputs: Any, cancelled: Callable[[], bool] = lambda: False, **parameters: Any
@@ -205,6 +213,9 @@ class GenerativePipeline(Pipeline):
 
     def events(self, prepared: Prepared, cancelled: Callable[[], bool] = lambda: False) -> Iterator[Token | Finished]:
         ids, params, sampling = prepared.ids, prepared.params, prepared.sampling
+        if prepared.num_beams > 1:
+            yield from self._beam_events(prepared)
+            return
         stops = [s for s in (params.stop or params.stop_sequences or []) if s]
         special = set(self.tokenizer.info.special_ids)
         generated: list[int] = []
@@ -223,6 +234,19 @@ class GenerativePipeline(Pipeline):
                 reason = "eos_token" if step.finish_reason == "stop" else step.finish_reason
                 break
         yield Finished(emitted, reason, len(generated), len(ids), sampling.seed)
+
+    def _beam_events(self, prepared: Prepared) -> Iterator[Token | Finished]:
+        """Beam search knows its answer only at the end: every token comes then, in order."""
+        lengths = self.defaults.get("length_penalty", 1.0), self.defaults.get("early_stopping", False)
+        ids = beam_search(self.generator, prepared.ids, prepared.sampling, prepared.num_beams, *lengths)
+        special = set(self.tokenizer.info.special_ids)
+        emitted = ""
+        for count in range(1, len(ids) + 1):
+            text = self.tokenizer.decode(ids[:count], skip_special_tokens=True)
+            yield Token(ids[count - 1], text[len(emitted) :], 0.0, ids[count - 1] in special)
+            emitted = text
+        reason = "eos_token" if ids and ids[-1] in prepared.sampling.eos_token_ids else "length"
+        yield Finished(emitted, reason, len(ids), len(prepared.ids), None)
 
     def complete(self, inputs: Any, parameters: dict[str, Any]) -> tuple[str, Finished]:
         prepared = self.prepare(inputs, parameters)
