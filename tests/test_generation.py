@@ -193,3 +193,25 @@ def test_beam_search_matches_transformers(task: str, arch: str, tiny_models: dic
             assert compiled(prompt, **kwargs) == reference(prompt, do_sample=False, **kwargs), (prompt, beams)
     with pytest.raises(Unprocessable, match="beam search with sampling"):
         compiled("Hello", num_beams=2, do_sample=True)
+
+
+def test_full_server_refuses_at_once_and_time_limit_ends_generation(
+    artifacts: dict, start_server: Callable[..., Server]
+) -> None:
+    server = start_server(
+        str(artifacts["text-generation", "llama"]), "--max-concurrency", "1", "--max-queue", "0",
+        KILN_MAX_NEW_TOKENS="3000", KILN_GENERATION_TIMEOUT="0.5",
+    )  # fmt: skip
+    body = {"inputs": "Hello", "parameters": {"max_new_tokens": 3000, "details": True}, "stream": True}
+    with httpx.Client(timeout=30) as client, client.stream("POST", server.url, json=body) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        next(line for line in lines if line.startswith("data:"))
+        start = time.monotonic()
+        busy = httpx.post(server.url, json={"inputs": "Hi", "parameters": {"max_new_tokens": 2}}, timeout=30)
+        assert busy.status_code == 429 and time.monotonic() - start < 1.0
+        assert busy.headers["retry-after"] == "1" and busy.json()["error_type"] == "overloaded"
+        events = [json.loads(line[5:]) for line in lines if line.startswith("data:")]
+    last = events[-1]
+    assert last["details"]["finish_reason"] == "length" and last["details"]["generated_tokens"] < 3000
+    assert httpx.post(server.url, json={"inputs": "Hi", "parameters": {"max_new_tokens": 2}}).status_code == 200
