@@ -135,11 +135,11 @@ async def _tgi_tokens(service: Service, pipeline: GenerativePipeline, prepared: 
         yield sse({"error": str(exc), "error_type": getattr(exc, "error_type", "generation_error")})
 
 
-class ChatRequest(msgspec.Struct):
-    messages: list[dict[str, Any]]
+class OpenAIGeneration(msgspec.Struct, kw_only=True):
+    """What OpenAI's chat and completion requests share."""
+
     model: str | None = None
     max_tokens: int | None = None
-    max_completion_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
     seed: int | None = None
@@ -148,28 +148,24 @@ class ChatRequest(msgspec.Struct):
     n: int = 1
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
+    user: str | None = None
+
+
+class ChatRequest(OpenAIGeneration, kw_only=True):
+    messages: list[dict[str, Any]]
+    max_completion_tokens: int | None = None
     stream_options: dict[str, Any] | None = None
-    user: str | None = None
 
 
-class CompletionRequest(msgspec.Struct):
+class CompletionRequest(OpenAIGeneration, kw_only=True):
     prompt: str
-    model: str | None = None
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    stream: bool = False
-    n: int = 1
     echo: bool = False
-    user: str | None = None
 
 
-def openai_parameters(req: ChatRequest | CompletionRequest) -> dict[str, Any]:
+def openai_parameters(req: OpenAIGeneration) -> dict[str, Any]:
     if req.n != 1:
         raise BadRequest("`n` must be 1: this server generates one choice per request")
-    if getattr(req, "frequency_penalty", None) or getattr(req, "presence_penalty", None):
+    if req.frequency_penalty or req.presence_penalty:
         raise BadRequest("`frequency_penalty` and `presence_penalty` are not supported; use `repetition_penalty`")
     parameters: dict[str, Any] = {}
     limit = getattr(req, "max_completion_tokens", None) or req.max_tokens
