@@ -314,15 +314,18 @@ def _build(
             model_dir = gguf.convert(model_dir, converted, staging / "source")
     export_dir = staging / "export"
     with progress.step(f"exporting {model_dir.name} to ONNX for {task}"):
-        main_export(
-            str(model_dir),
-            export_dir,
-            task=spec.optimum_task,
-            opset=options.opset,
-            do_validation=False,
-            trust_remote_code=options.trust_remote_code,
-            library_name="transformers",
-        )
+        try:
+            main_export(
+                str(model_dir),
+                export_dir,
+                task=spec.optimum_task,
+                opset=options.opset,
+                do_validation=False,
+                trust_remote_code=options.trust_remote_code,
+                library_name="transformers",
+            )
+        except (ValueError, KeyError) as exc:  # optimum's word for "this architecture cannot do that task"
+            raise CompileFailed(f"optimum cannot export {model_dir.name} for {task}: {exc}") from None
     if spec.generative:
         return _build_generative(model_dir, source, task, spec, options, export_dir, key, staging, progress, started)
     fp32 = export_dir / "model.onnx"

@@ -137,3 +137,9 @@ def test_help_explains_every_flag_with_an_example() -> None:
         "exit status",
     ):
         assert flag in result.stdout
+
+
+def test_a_task_the_architecture_cannot_do_is_a_readable_failure(tiny_models: dict, tmp_path: Path) -> None:
+    model = str(tiny_models["fill-mask", "bert"])
+    result = kiln("compile", model, "--out", str(tmp_path / "x"), "--task", "text-generation")
+    assert result.returncode == 1 and "optimum cannot export" in result.stderr and "Traceback" not in result.stderr
