@@ -82,6 +82,7 @@ class CompileOptions:
     opset: int | None = None
     trust_remote_code: bool = False
     force: bool = False
+    token: str | None = None
 
 
 @dataclass
@@ -141,7 +142,7 @@ def candidates(options: CompileOptions) -> list[Candidate]:
     ]
 
 
-def resolve_source(model: str, revision: str | None) -> tuple[Path, Source]:
+def resolve_source(model: str, revision: str | None, token: str | None = None) -> tuple[Path, Source]:
     """A local directory as is; a Hub id through the Hub cache (works offline once cached)."""
     path = Path(model).expanduser()
     if path.is_dir():
@@ -151,7 +152,7 @@ def resolve_source(model: str, revision: str | None) -> tuple[Path, Source]:
     from huggingface_hub import snapshot_download
 
     try:
-        local = Path(snapshot_download(model, revision=revision))
+        local = Path(snapshot_download(model, revision=revision, token=token))
     except Exception as exc:
         raise CompileFailed(f"cannot fetch {model!r} from the Hugging Face Hub: {exc}") from None
     return local, Source(model=model, revision=local.name, local=False)
@@ -163,7 +164,7 @@ def fingerprint(model_dir: Path, task: str, options: CompileOptions) -> str:
     meta = {
         "kiln": runtime.__version__,
         "task": task,
-        **{k: str(v) for k, v in asdict(options).items() if k != "force"},
+        **{k: str(v) for k, v in asdict(options).items() if k not in ("force", "token")},
     }
     digest.update(json.dumps(meta, sort_keys=True).encode())
     for file in sorted(p for p in model_dir.rglob("*") if p.is_file() and ".git" not in p.parts):
@@ -264,7 +265,7 @@ def compile_model(
     progress = progress or Progress()
     out = Path(out).resolve()
     started = time.perf_counter()
-    model_dir, source = resolve_source(str(model), options.revision)
+    model_dir, source = resolve_source(str(model), options.revision, options.token)
     task = runtime.canonical(options.task) if options.task else infer_task(model_dir)
     spec = export_spec(task)
     if options.device is Device.CUDA and "CUDAExecutionProvider" not in providers_for("cuda"):

@@ -33,7 +33,7 @@ exit status: 0 compiled (or up to date), 1 failed, 2 bad usage or unknown task,
 SERVE_EPILOG = """\
 environment (as the Hugging Face inference container reads it; a flag wins):
   HF_MODEL_DIR, HF_MODEL_ID   the model (a compiled artifact, a model directory or a Hub id)
-  HF_TASK, HF_REVISION, HF_TRUST_REMOTE_CODE, PORT
+  HF_TASK, HF_REVISION, HF_TRUST_REMOTE_CODE, HF_HUB_TOKEN (private Hub models), PORT
   KILN_PRECISION, KILN_DEVICE, KILN_THREADS, KILN_SPINNING, KILN_MAX_BODY_BYTES,
   KILN_MAX_CONCURRENCY, KILN_MAX_QUEUE, KILN_MAX_CLIENT_BATCH (inputs per request, default 64),
   KILN_MAX_NEW_TOKENS (default 1024), KILN_GENERATION_TIMEOUT (seconds, default 120),

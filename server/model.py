@@ -55,5 +55,6 @@ def prepare(settings: Settings) -> Path:
         precision=Precision(settings.precision),
         revision=settings.revision,
         trust_remote_code=settings.trust_remote_code,
+        token=settings.hub_token,
     )
     return compile_model(model, cache_path(settings, model, task), options).directory

@@ -30,6 +30,8 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "HF_TASK": ("task", str),
     "HF_REVISION": ("revision", str),
     "HF_TRUST_REMOTE_CODE": ("trust_remote_code", _bool),
+    "HF_HUB_TOKEN": ("hub_token", str),
+    "HF_TOKEN": ("hub_token", str),
     "PORT": ("port", int),
     "KILN_HOST": ("host", str),
     "KILN_DEVICE": ("device", str),
@@ -68,6 +70,7 @@ class Settings:
     api_token: str | None = None
     cache_dir: Path = Path.home() / ".cache" / "kiln" / "artifacts"
     trust_remote_code: bool = False
+    hub_token: str | None = None
     log_level: str = "info"
 
     @classmethod
