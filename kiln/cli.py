@@ -193,7 +193,8 @@ def serve_command(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings, service=Service(settings, on_fatal=exit_on_fatal))
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
+    # uvicorn's own logging config would replace these handlers (and lose a start-up failure's message)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
     return EXIT_OK
 
 

@@ -223,6 +223,7 @@ def create_app(settings: Settings, *, service: Service | None = None) -> Litesta
         request_max_body_size=settings.max_body_bytes,
         type_encoders={np.generic: lambda x: x.item(), np.ndarray: lambda x: x.tolist()},
         openapi_config=OpenAPIConfig(title="kiln", version=runtime.__version__, path="/docs"),
+        logging_config=None,  # the CLI configures logging; Litestar's queue handler would drop a fatal start-up message
         debug=False,
     )
 

@@ -229,3 +229,16 @@ def test_hf_environment_variables_configure_the_server(artifacts: dict, start_se
     server = start_server(HF_MODEL_DIR=str(artifacts["fill-mask", "roberta"]))
     assert httpx.get(f"{server.url}/info").json()["task"] == "fill-mask"
     assert post(server, {"inputs": "Hello <mask>."}).status_code == 200
+
+
+def test_a_model_that_cannot_load_exits_3_and_says_why(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.conftest import KILN, ROOT, free_port, offline_env
+
+    result = subprocess.run(
+        [*KILN, "serve", str(tmp_path / "missing"), "--port", str(free_port())], cwd=ROOT, env=offline_env(),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 3
+    assert "the model failed to load" in result.stderr and "is not a model directory" in result.stderr
