@@ -30,8 +30,7 @@ def require_json(content_type: str | None, what: str) -> None:
         raise UnsupportedMediaType(f"{what} takes JSON (Content-Type: application/json); got {kind!r}")
 
 
-def decode(content_type: str | None, body: bytes, task: str) -> tuple[Any, dict[str, Any]]:
-    """`(inputs, parameters)` of a request, or a typed error that says what is wrong with it."""
+def _object(content_type: str | None, body: bytes, task: str) -> dict[str, Any]:
     require_json(content_type, task)
     if not body.strip():
         raise BadRequest('the request body is empty; send JSON like {"inputs": ...}')
@@ -41,6 +40,10 @@ def decode(content_type: str | None, body: bytes, task: str) -> tuple[Any, dict[
         raise BadRequest(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise BadRequest('the request body must be a JSON object like {"inputs": ..., "parameters": {...}}')
+    return payload
+
+
+def _split(payload: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     parameters = payload.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise BadRequest("`parameters` must be a JSON object")
@@ -55,18 +58,18 @@ def decode(content_type: str | None, body: bytes, task: str) -> tuple[Any, dict[
     return inputs, parameters
 
 
+def decode(content_type: str | None, body: bytes, task: str) -> tuple[Any, dict[str, Any]]:
+    """`(inputs, parameters)` of a request, or a typed error that says what is wrong with it."""
+    return _split(_object(content_type, body, task))
+
+
 def decode_generation(content_type: str | None, body: bytes, task: str) -> tuple[Any, dict[str, Any], bool]:
     """`(inputs, parameters, stream)`: generation requests may also carry TGI's top-level `stream`."""
-    require_json(content_type, task)
-    try:
-        payload = msgspec.json.decode(body) if body.strip() else None
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"the request body is not valid JSON: {exc}") from None
-    stream = payload.pop("stream", False) if isinstance(payload, dict) else False
+    payload = _object(content_type, body, task)
+    stream = payload.pop("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest("`stream` must be true or false")
-    inputs, parameters = decode(content_type, msgspec.json.encode(payload), task)
-    return inputs, parameters, stream
+    return (*_split(payload), stream)
 
 
 def batch_size(inputs: Any) -> int:
