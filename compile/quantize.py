@@ -10,7 +10,7 @@ paths are untouched), folds `s` into their weights, then quantizes per channel.
 Measured on all-MiniLM-L6-v2 (pooled sentence embeddings, worst cosine to fp32 over the 53 test
 sentences, `tests/sentences.py`): plain per-channel dynamic int8 0.967; SmoothQuant (a = 0.5)
 with the feed-forward output projections left in fp32 0.9865 with reduced range, 0.9916 without
-(the worst is always the shortest input, "Thanks!"), at about 1.7x the fp32 speed on 120 tokens.
+(the worst is always the shortest input, "Thanks!"), at about 1.4x the fp32 speed (`kiln bench`).
 Reduced range (7-bit weights) exists for CPUs without VNNI, where u8 x s8 products can saturate;
 kiln leaves it off and lets validation, run on the machine that compiles, catch a CPU where that
 costs accuracy.
