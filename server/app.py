@@ -180,7 +180,7 @@ async def info(service: Service) -> dict[str, Any]:
         "revision": manifest.source.revision,
         "artifact": str(service.artifact),
         **pipeline.describe(),
-        "device": settings.device,
+        "device": settings.device or manifest.device,
         "validation": manifest.validation,
         "compiled_with": manifest.versions,
         "versions": installed("onnxruntime", "onnxruntime-gpu", "tokenizers", "numpy", "litestar"),

@@ -73,9 +73,7 @@ def embedder(service: Service) -> SentenceEmbedder:
     if not isinstance(pipeline, SentenceEmbedder) or (
         pipeline.manifest.pooling is None and pipeline.task == "feature-extraction"
     ):
-        raise NotServed(
-            f"this server serves {pipeline.task} with per-token outputs; embeddings need a sentence-embedding model"
-        )
+        raise NotServed(f"this server serves {pipeline.task}; embeddings need a sentence-embedding model")
     return pipeline
 
 

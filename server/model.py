@@ -34,7 +34,7 @@ def cache_path(settings: Settings, model: str, task: str | None) -> Path:
             Path(model).expanduser().resolve() if Path(model).expanduser().is_dir() else model,
             task,
             settings.revision,
-            settings.device,
+            settings.device or "cpu",
             settings.precision,
         )
     )
@@ -51,7 +51,7 @@ def prepare(settings: Settings) -> Path:
 
     options = CompileOptions(
         task=task,
-        device=Device(settings.device),
+        device=Device(settings.device or "cpu"),
         precision=Precision(settings.precision),
         revision=settings.revision,
         trust_remote_code=settings.trust_remote_code,

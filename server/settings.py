@@ -57,7 +57,7 @@ class Settings:
     revision: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080
-    device: str = "cpu"
+    device: str | None = None  # None: the artifact's own device (compiling: cpu)
     precision: str = "auto"
     threads: int = 0
     spinning: bool = True
