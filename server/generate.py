@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import anyio
 import anyio.from_thread
@@ -237,37 +237,47 @@ def _completion_chunk(
     }  # fmt: skip
 
 
-@post("/v1/chat/completions", status_code=200, guards=[require_token], middleware=[observe], summary="OpenAI chat")
-async def chat_completions(request: Request[Any, Any, Any], service: Service) -> Any:
+R = TypeVar("R", bound=OpenAIGeneration)
+
+
+async def _openai(
+    request: Request[Any, Any, Any], service: Service, route: str, kind: type[R], prompt: Callable[[R], Any],
+    chunk: Callable[..., dict[str, Any]],
+) -> Stream | tuple[R, str, Finished]:  # fmt: skip
+    """Decode, prepare (errors surface here, before any stream), then stream or finish."""
     pipeline = generative(service)
-    wire.require_json(request.headers.get("content-type"), "/v1/chat/completions")
-    req = wire.decode_struct(await request.body(), ChatRequest)
-    if pipeline.task != "text-generation":
-        raise NotServed(f"this server serves {pipeline.task}; chat needs a text-generation model")
+    wire.require_json(request.headers.get("content-type"), route)
+    req = wire.decode_struct(await request.body(), kind)
     parameters = openai_parameters(req)
-    prepared = await service.run(pipeline.task, 1, lambda: pipeline.prepare(req.messages, parameters))
+    prepared = await service.run(pipeline.task, 1, lambda: pipeline.prepare(prompt(req), parameters))
     model = req.model or pipeline.manifest.source.model
     if req.stream:
         service.admission.check()
-        return Stream(_openai_stream(service, pipeline, prepared, model, _chat_chunk), media_type=SSE)
+        return Stream(_openai_stream(service, pipeline, prepared, model, chunk), media_type=SSE)
     _, finished = await service.run(pipeline.task, 1, lambda: pipeline.finish(prepared))
+    return req, model, finished
+
+
+@post("/v1/chat/completions", status_code=200, guards=[require_token], middleware=[observe], summary="OpenAI chat")
+async def chat_completions(request: Request[Any, Any, Any], service: Service) -> Any:
+    if generative(service).task != "text-generation":
+        raise NotServed(f"this server serves {generative(service).task}; chat needs a text-generation model")
+    answer = await _openai(request, service, "/v1/chat/completions", ChatRequest, lambda r: r.messages, _chat_chunk)
+    if isinstance(answer, Stream):
+        return answer
+    _, model, finished = answer
     return _openai_response("chat.completion", model, finished.text, finished)
 
 
 @post("/v1/completions", status_code=200, guards=[require_token], middleware=[observe], summary="OpenAI completions")
 async def completions(request: Request[Any, Any, Any], service: Service) -> Any:
-    pipeline = generative(service)
-    wire.require_json(request.headers.get("content-type"), "/v1/completions")
-    req = wire.decode_struct(await request.body(), CompletionRequest)
-    parameters = openai_parameters(req)
-    prepared = await service.run(pipeline.task, 1, lambda: pipeline.prepare(req.prompt, parameters))
-    model = req.model or pipeline.manifest.source.model
-    if req.stream:
-        service.admission.check()
-        return Stream(_openai_stream(service, pipeline, prepared, model, _completion_chunk), media_type=SSE)
-    _, finished = await service.run(pipeline.task, 1, lambda: pipeline.finish(prepared))
-    text = (req.prompt + finished.text) if req.echo else finished.text
-    return _openai_response("text_completion", model, text, finished)
+    answer = await _openai(
+        request, service, "/v1/completions", CompletionRequest, lambda r: r.prompt, _completion_chunk
+    )
+    if isinstance(answer, Stream):
+        return answer
+    req, model, finished = answer
+    return _openai_response("text_completion", model, (req.prompt if req.echo else "") + finished.text, finished)
 
 
 ROUTES = [chat_completions, completions]
