@@ -7,6 +7,8 @@ after a run and slow whatever runs next, so the first calls of each block are dr
 
 from __future__ import annotations
 
+import functools
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -195,35 +197,15 @@ def compare(
         times = measure([reference, *live], item, rounds, block)
         base_p50 = statistics.median(times["pytorch"])
         theirs = reference.call(item)
-        rows.append(Row(label, task, shape.name, "pytorch", base_p50, _p95(times["pytorch"])))
+        row = functools.partial(Row, label, task, shape.name)
+        rows.append(row("pytorch", base_p50, _p95(times["pytorch"])))
         for contestant in contenders:
             if contestant.note:
-                rows.append(
-                    Row(
-                        label,
-                        task,
-                        shape.name,
-                        contestant.name,
-                        float("nan"),
-                        float("nan"),
-                        float("nan"),
-                        note=contestant.note,
-                    )
-                )
+                rows.append(row(contestant.name, math.nan, math.nan, math.nan, note=contestant.note))
                 continue
             p50 = statistics.median(times[contestant.name])
-            rows.append(
-                Row(
-                    label,
-                    task,
-                    shape.name,
-                    contestant.name,
-                    p50,
-                    _p95(times[contestant.name]),
-                    base_p50 / p50,
-                    quality(task, contestant.call(item), theirs, shape.batch),
-                )
-            )
+            quality_of = quality(task, contestant.call(item), theirs, shape.batch)
+            rows.append(row(contestant.name, p50, _p95(times[contestant.name]), base_p50 / p50, quality_of))
         log(
             " | ".join(f"{r.contestant} {r.p50_ms:.2f} ms" for r in rows[-len(contenders) - 1 :])
             + f"  ({label} {task} {shape.name})"

@@ -171,23 +171,9 @@ def serve_command(args: argparse.Namespace) -> int:
     from server.settings import Settings
 
     try:
-        settings = Settings.from_env(
-            model=args.model,
-            task=args.task,
-            host=args.host,
-            port=args.port,
-            device=args.device,
-            precision=args.precision,
-            revision=args.revision,
-            threads=args.threads,
-            max_body_bytes=args.max_body_bytes,
-            max_concurrency=args.max_concurrency,
-            max_queue=args.max_queue,
-            api_token=args.api_token,
-            cache_dir=Path(args.cache_dir) if args.cache_dir else None,
-            trust_remote_code=args.trust_remote_code,
-            log_level=args.log_level,
-        )
+        # the flags carry the settings' own names; from_env keeps the known ones that were given
+        flags = vars(args) | {"cache_dir": Path(args.cache_dir) if args.cache_dir else None}
+        settings = Settings.from_env(**flags)
     except ValueError as exc:
         print(f"kiln serve: {exc}", file=sys.stderr)
         return EXIT_USAGE

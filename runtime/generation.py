@@ -38,6 +38,7 @@ class Step:
     token_id: int
     logprob: float
     finish_reason: str | None = None
+    logits: np.ndarray | None = field(default=None, repr=False)  # the step's raw scores, for validation
 
 
 def process(logits: np.ndarray, seen: np.ndarray, sampling: Sampling) -> np.ndarray:
@@ -147,18 +148,18 @@ class Generator:
             seen = np.append(seen, token)
             step_ids = np.array([[token]], dtype=np.int64)
             if token in sampling.eos_token_ids:
-                yield Step(token, logprob, "stop")
+                reason: str | None = "stop"
+            elif produced + 1 == sampling.max_new_tokens:
+                reason = "length"
+            elif cancelled():
+                reason = "cancelled"
+            elif deadline is not None and time.monotonic() > deadline:
+                reason = "time_limit"
+            else:
+                reason = None
+            yield Step(token, logprob, reason, logits)
+            if reason is not None:
                 return
-            if produced + 1 == sampling.max_new_tokens:
-                yield Step(token, logprob, "length")
-                return
-            if cancelled():
-                yield Step(token, logprob, "cancelled")
-                return
-            if deadline is not None and time.monotonic() > deadline:
-                yield Step(token, logprob, "time_limit")
-                return
-            yield Step(token, logprob)
 
 
 def beam_search(

@@ -10,7 +10,6 @@ import os
 
 os.environ.pop("HF_HUB_OFFLINE", None)
 
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from benchmarks.server import free_port
 from kiln.tiny_models import SPECS, build
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,12 +71,6 @@ def minilm_artifact(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     out = tmp_path_factory.mktemp("minilm") / "feature-extraction"
     options = CompileOptions(task="feature-extraction", precision=Precision.FP32)
     return compile_model(minilm_dir, out, options, Progress(quiet=True)).directory
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:

@@ -6,16 +6,11 @@ from compile.tasks import compilable, export_spec
 from kiln.tiny_models import SPECS
 from runtime import canonical, registered
 from runtime.tasks import SYNONYMS, pipeline_class
-from tests.cases import CASES
+from tests.cases import CASES, TRANSFORMERS_TASKS
 
 # The contract's tasks this backbone serves; later tasks join this list as they land.
 SERVED = [
-    "text-classification",
-    "zero-shot-classification",
-    "token-classification",
-    "question-answering",
-    "fill-mask",
-    "feature-extraction",
+    *TRANSFORMERS_TASKS,
     "sentence-embeddings",
     "sentence-similarity",
     "ranking",
