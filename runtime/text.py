@@ -6,9 +6,11 @@ few facts it does not hold into the manifest (`TokenizerInfo`).
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer
@@ -30,17 +32,33 @@ _CLEANUPS = (
 )
 
 
+def _cut(text: str, at: int, *, keep_start: bool, reach: int = 4096) -> str:
+    """`text` cut `at` characters from its kept end, or a little nearer, at the best boundary within
+    `reach`: a whitespace, else a change between word characters and others, else `at` itself."""
+    offset = max(0, at - reach) if keep_start else len(text) - at
+    window = text[offset:at] if keep_start else text[offset : offset + reach]
+    pick = -1 if keep_start else 0
+    found = [m.start() for m in _SPACE.finditer(window)] or [m.start() for m in _CLASS_CHANGE.finditer(window)]
+    split = offset + found[pick] if found else (at if keep_start else offset)
+    return text[:split] if keep_start else text[split:]
+
+
+_SPACE = re.compile(r"\s")
+_CLASS_CHANGE = re.compile(r"(?:(?<=\w)\W|(?<=\W)\w)", re.UNICODE)
+
+
 class TextTokenizer:
     """A `tokenizers.Tokenizer` with the truncation rules of the transformers pipelines.
 
-    Truncation and stride are tokenizer state in `tokenizers`, so each call sets them under a
-    lock: concurrent requests never see each other's settings.
+    Truncation is state of the `tokenizers` object, so every call goes through a method of this
+    class that sets it under a lock: no request sees another's settings. The raw tokenizer is
+    private for that reason.
     """
 
     def __init__(self, path: Path, info: TokenizerInfo) -> None:
-        self.tokenizer = Tokenizer.from_file(str(path))
-        self.tokenizer.no_padding()
-        self.tokenizer.no_truncation()
+        self._tokenizer = Tokenizer.from_file(str(path))
+        self._tokenizer.no_padding()
+        self._tokenizer.no_truncation()
         self.info = info
         self.max_length = info.max_length
         self._lock = threading.Lock()
@@ -55,53 +73,73 @@ class TextTokenizer:
         strategy: str = "longest_first",
         stride: int = 0,
         direction: str = "right",
+        add_special_tokens: bool = True,
+        too_long: str = "shorten it or allow truncation",
     ) -> list[Encoding]:
         """Encode texts (or text pairs); past the limit, truncate or raise `Unprocessable`.
 
-        A single text far longer than the limit is first cut at a whitespace well past it: words
-        tokenize independently of what follows them, so the kept tokens are the same, and a
-        multi-megabyte body costs milliseconds instead of seconds. A cut text whose tokens do not
-        reach the limit (a few enormous "words") is encoded again whole, so the result is exact.
+        A text far longer than the limit is first cut cheaply (see `_shorten`), so a
+        multi-megabyte body costs milliseconds, whatever its characters, and "too long" is decided
+        from the cut.
         """
         limit = max_length or self.max_length
-        shortcut = pairs is None and stride == 0 and direction == "right"
-        cut = [self._prefix(t, limit) if shortcut else t for t in texts]
-        batch: list[str | tuple[str, str]] = list(cut) if pairs is None else list(zip(texts, pairs))
+        sides = [list(texts)] if pairs is None else [list(texts), list(pairs)]
         with self._lock:
+            self._tokenizer.no_truncation()
+            cut = [[self._shorten(t, limit, direction, stride) for t in side] for side in sides]
             if truncation:
-                self.tokenizer.enable_truncation(limit, stride=stride, strategy=strategy, direction=direction)
-            else:
-                self.tokenizer.no_truncation()
-            encodings: list[Encoding] = self.tokenizer.encode_batch(batch)
-            for i, (text, short) in enumerate(zip(texts, cut)):
-                if short is not text and len(encodings[i].ids) < limit + (0 if truncation else 1):
-                    encodings[i] = self.tokenizer.encode(text)
+                self._tokenizer.enable_truncation(limit, stride=stride, strategy=strategy, direction=direction)
+            batch: list[Any] = cut[0] if pairs is None else list(zip(*cut))
+            encodings: list[Encoding] = self._tokenizer.encode_batch(batch, add_special_tokens=add_special_tokens)
+            self._tokenizer.no_truncation()
         if not truncation:
-            for text, short, encoding in zip(texts, cut, encodings):
+            for index, encoding in enumerate(encodings):
                 if len(encoding.ids) > limit:
-                    size = f"over {limit}" if short is not text else str(len(encoding.ids))
-                    raise Unprocessable(
-                        f"input is {size} tokens long and the model takes at most {limit}; "
-                        "shorten it or allow truncation"
-                    )
+                    was_cut = any(short[index] is not whole[index] for short, whole in zip(cut, sides))
+                    size = f"over {limit}" if was_cut else str(len(encoding.ids))
+                    raise Unprocessable(f"input is {size} tokens long and the model takes at most {limit}; {too_long}")
         return encodings
 
-    @staticmethod
-    def _prefix(text: str, limit: int) -> str:
-        """`text` cut at a whitespace past `64 * limit` characters, or `text` itself if shorter."""
-        budget = 64 * limit
-        if len(text) <= 2 * budget:
+    def _shorten(self, text: str, limit: int, direction: str, stride: int) -> str:
+        """`text` cut far past `limit` tokens on the kept side (`direction` right keeps the start),
+        or `text` itself when it is short or a cut would not be exact.
+
+        The cut falls at a whitespace, else where letters and digits meet other characters, else
+        anywhere: pre-tokenizers split there, so the tokens on the kept side are those of the whole
+        text. A cut is kept only if it still holds more than `limit` tokens; a few enormous "words"
+        (one [UNK] each) make the cut grow until it does, or the whole text is used. Runs under the
+        lock with truncation off. Windows (`stride` > 0) need the whole text: never cut.
+        """
+        if stride:
             return text
-        space = max(text.rfind(" ", 0, budget), text.rfind("\n", 0, budget))
-        return text[:space] if space > 0 else text
+        budget = 8 * limit  # characters: most text is 3 to 6 per token; the loop grows it where not
+        while len(text) > 2 * budget:
+            short = _cut(text, budget, keep_start=direction != "left")
+            if len(self._tokenizer.encode(short, add_special_tokens=False).ids) > limit:
+                return short
+            budget *= 4
+        return text
+
+    def tokens(self, texts: Sequence[str], *, add_special_tokens: bool, max_tokens: int) -> list[Encoding]:
+        """Whole encodings without truncation (TEI's `/tokenize`); more than `max_tokens` in one text
+        is `Unprocessable`, decided from a cut, so the answer's size is bounded."""
+        return self.encode(
+            texts, truncation=False, max_length=max_tokens, add_special_tokens=add_special_tokens,
+            too_long=f"this server tokenizes at most {max_tokens} tokens per text",
+        )  # fmt: skip
+
+    @property
+    def word_aware(self) -> bool:
+        """Whether words continue with a prefix ("##"): token-classification's word grouping."""
+        return bool(getattr(self._tokenizer.model, "continuing_subword_prefix", None))
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool) -> str:
-        text: str = self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        text: str = self._tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
         return self.clean_up(text)
 
     def tokens_to_string(self, tokens: list[str]) -> str:
         """What `PreTrainedTokenizerFast.convert_tokens_to_string` gives, without transformers."""
-        decoder = self.tokenizer.decoder
+        decoder = self._tokenizer.decoder
         text = decoder.decode(tokens) if decoder is not None else " ".join(tokens)
         return self.clean_up(text)
 
@@ -112,10 +150,10 @@ class TextTokenizer:
         return text
 
     def id_to_token(self, token_id: int) -> str:
-        return self.tokenizer.id_to_token(token_id) or ""
+        return self._tokenizer.id_to_token(token_id) or ""
 
     def token_to_id(self, token: str) -> int | None:
-        token_id: int | None = self.tokenizer.token_to_id(token)
+        token_id: int | None = self._tokenizer.token_to_id(token)
         return token_id
 
     def batch(self, encodings: Sequence[Encoding]) -> dict[str, np.ndarray]:

@@ -34,7 +34,7 @@ class FillMaskPipeline(Pipeline):
         for target in [targets] if isinstance(targets, str) else targets:
             token_id = self.tokenizer.token_to_id(target)
             if token_id is None:
-                pieces = self.tokenizer.tokenizer.encode(target, add_special_tokens=False).ids
+                pieces = self.tokenizer.encode([target], add_special_tokens=False)[0].ids
                 if not pieces:
                     continue
                 token_id = pieces[0]

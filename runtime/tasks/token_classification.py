@@ -71,7 +71,7 @@ class TokenClassificationPipeline(Pipeline):
         return {key: float(value) if key == "score" else value for key, value in entity.items()}
 
     def pre_entities(self, text: str, encoding: Encoding, scores: np.ndarray, strategy: str) -> list[dict[str, Any]]:
-        word_aware = bool(getattr(self.tokenizer.tokenizer.model, "continuing_subword_prefix", None))
+        word_aware = self.tokenizer.word_aware
         unk = self.tokenizer.info.unk_token_id
         entities = []
         for index, (token_id, special, (start, end)) in enumerate(
