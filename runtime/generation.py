@@ -89,6 +89,16 @@ class Generator:
         }
         self.decoder_start = int(config.get("decoder_start_token_id") or config.get("pad_token_id") or 0)  # type: ignore[call-overload]
 
+    def cache_bytes(self, length: int, encoder_length: int = 0) -> int:
+        """Bytes of key/value cache one sequence of `length` tokens holds (cross-attention caches
+        hold `encoder_length`), known from the graph's inputs before anything is allocated."""
+        total = 0
+        for name, shape in self.past_shapes.items():
+            heads, dim = (d if isinstance(d, int) else 1 for d in (shape[1], shape[3]))
+            tokens = encoder_length if ".encoder." in name else length
+            total += heads * dim * tokens * np.dtype(self.past_dtype[name]).itemsize
+        return total
+
     def _empty_past(self, encoder_length: int = 0) -> dict[str, np.ndarray]:
         past = {}
         for name, shape in self.past_shapes.items():
@@ -164,12 +174,16 @@ class Generator:
 
 def beam_search(
     generator: Generator, prompt: list[int], sampling: Sampling, num_beams: int, length_penalty: float = 1.0,
-    early_stopping: bool | str = False,
-) -> list[int]:  # fmt: skip
+    early_stopping: bool | str = False, cancelled: Callable[[], bool] = lambda: False,
+) -> tuple[list[int], str | None]:  # fmt: skip
     """transformers' beam search (4.57, batch of one), deterministic: the best finished sequence's
     new tokens. Candidates: the top `max(2, 1 + n_eos) * num_beams` continuations; a finished one
     counts only among the top `num_beams`, scored `sum logprob / generated_length ** length_penalty`;
-    the search stops when no running beam can beat the worst finished one."""
+    the search stops when no running beam can beat the worst finished one.
+
+    Like `Generator.run`, it checks the time limit and `cancelled` after every step; stopped there,
+    it answers the best running beam so far and the reason ("time_limit", "cancelled"), else None."""
+    deadline = time.monotonic() + sampling.time_limit_s if sampling.time_limit_s else None
     n, eos = num_beams, set(sampling.eos_token_ids)
     keep = max(2, 1 + len(eos)) * n
     seq2seq = generator.encoder is not None
@@ -235,4 +249,8 @@ def beam_search(
         open_beam = not (np.all(is_finished) and early_stopping is True)
         if not (unsatisfied and open_beam and not np.all(hits)):
             break
-    return [int(t) for t in finished[0][prompt_len:]]
+        if cancelled():
+            return [int(t) for t in running[0][prompt_len:]], "cancelled"
+        if deadline is not None and time.monotonic() > deadline:
+            return [int(t) for t in running[0][prompt_len:]], "time_limit"
+    return [int(t) for t in finished[0][prompt_len:]], None

@@ -29,11 +29,12 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 import runtime
 from runtime import Pipeline
-from runtime.tasks.text_generation import GenerativePipeline, Limits
+from runtime.tasks.text_generation import GenerativePipeline
 from runtime.versions import installed
 from server import model as model_source
 from server import wire
 from server.admission import Admission
+from server.docs import InferenceRequest, documented
 from server.errors import HANDLERS, BatchTooLarge, NotReady, Unauthorized, body
 from server.metrics import Metrics
 from server.settings import Settings
@@ -67,12 +68,7 @@ class Service:
                 threads=self.settings.threads,
                 spinning=self.settings.spinning,
             )
-            if isinstance(pipeline, GenerativePipeline):
-                pipeline.limits = Limits(
-                    max_new_tokens=self.settings.max_new_tokens,
-                    default_new_tokens=min(100, self.settings.max_new_tokens),
-                    time_limit_s=self.settings.generation_timeout_s,
-                )
+            pipeline.limits = self.settings.limits()
             pipeline.warmup()
         except Exception as exc:
             self.failure = f"the model failed to load: {exc}"
@@ -116,6 +112,11 @@ class Service:
         return self.pipeline.task if self.pipeline else (self.settings.task or "unknown")
 
 
+def answer(service: Service, result: Any) -> Response[bytes]:
+    """A 200 JSON answer, refused (422) past the configured response size."""
+    return Response(wire.encode_json(result, service.settings.max_response_bytes), media_type="application/json")
+
+
 def get_service(state: State) -> Service:
     return state.service  # type: ignore[no-any-return]
 
@@ -150,27 +151,35 @@ def observe(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
-@post(["/", "/predict"], status_code=200, guards=[require_token], middleware=[observe], summary="Run the model")
+@post(
+    ["/", "/predict"], status_code=200, guards=[require_token], middleware=[observe], summary="Run the model",
+    **documented(InferenceRequest),
+)  # fmt: skip
 async def predict(request: Request[Any, Any, Any], service: Service) -> Response[Any]:
     """Inference for the served task: `{"inputs": ..., "parameters": {...}}` in, the task's shape out."""
     pipeline = service.ready()
     if isinstance(pipeline, GenerativePipeline):
         from server.generate import predict_generation
 
-        answer = await predict_generation(request, service, pipeline)
-        return answer if isinstance(answer, Response) else Response(answer)
+        generated = await predict_generation(request, service, pipeline)
+        return generated if isinstance(generated, Response) else answer(service, generated)
     inputs, parameters = wire.decode(request.headers.get("content-type"), await request.body(), pipeline.task)
     result = await service.infer(pipeline, inputs, parameters)
-    return Response(wire.adapt(pipeline.task, result, request.headers.get("user-agent")))
+    return answer(service, wire.adapt(pipeline.task, result, request.headers.get("user-agent")))
 
 
-@get("/health", summary="200 once the model is loaded and warm; 503 before, or when broken")
+@get(
+    "/health", summary="200 once the model is loaded and warm; 503 before, or when broken", **documented(errors=(503,))
+)
 async def health(service: Service) -> Response[dict[str, Any]]:
     pipeline = service.ready()
     return Response({"status": "ok", "task": pipeline.task})
 
 
-@get("/info", guards=[require_token], summary="What is served, how it was compiled, and the limits")
+@get(
+    "/info", guards=[require_token], summary="What is served, how it was compiled, and the limits",
+    **documented(errors=(401, 503)),
+)  # fmt: skip
 async def info(service: Service) -> dict[str, Any]:
     pipeline = service.ready()
     manifest = pipeline.manifest
@@ -194,7 +203,10 @@ async def info(service: Service) -> dict[str, Any]:
     }
 
 
-@get("/metrics", guards=[require_token], summary="Prometheus text format", media_type="text/plain; version=0.0.4")
+@get(
+    "/metrics", guards=[require_token], summary="Prometheus text format", media_type="text/plain; version=0.0.4",
+    **documented(errors=(401,)),
+)  # fmt: skip
 async def metrics(service: Service) -> bytes:
     return service.metrics.render()
 

@@ -15,15 +15,19 @@ from typing import Any, Literal
 
 import msgspec
 import numpy as np
-from litestar import Request, post
+from litestar import Request, Response, post
 
 from runtime import Pipeline
 from runtime.errors import InvalidParameter
 from runtime.tasks.ranking import RankingParameters, RankingPipeline
 from runtime.tasks.sentence_embeddings import EmbeddingParameters, SentenceEmbedder
 from server import wire
-from server.app import Service, observe, require_token
+from server.app import Service, answer, observe, require_token
+from server.docs import ROUTE_ERRORS, documented
 from server.errors import BadRequest, NotServed
+
+# /tokenize answers texts of up to this many model windows: enough to see what truncation cuts
+TOKENIZE_WINDOWS = 4
 
 
 class OpenAIEmbeddingRequest(msgspec.Struct):
@@ -92,8 +96,15 @@ async def body(request: Request[Any, Any, Any], what: str) -> bytes:
     return await request.body()
 
 
-@post("/v1/embeddings", status_code=200, guards=[require_token], middleware=[observe], summary="OpenAI embeddings")
-async def openai_embeddings(request: Request[Any, Any, Any], service: Service) -> dict[str, Any]:
+@post(
+    "/v1/embeddings",
+    status_code=200,
+    guards=[require_token],
+    middleware=[observe],
+    summary="OpenAI embeddings",
+    **documented(OpenAIEmbeddingRequest, ROUTE_ERRORS),
+)
+async def openai_embeddings(request: Request[Any, Any, Any], service: Service) -> Response[bytes]:
     pipeline = embedder(service)
     req = wire.decode_struct(await body(request, "/v1/embeddings"), OpenAIEmbeddingRequest)
     texts = [req.input] if isinstance(req.input, str) else req.input
@@ -106,16 +117,26 @@ async def openai_embeddings(request: Request[Any, Any, Any], service: Service) -
         data: list[Any] = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in vectors]
     else:
         data = vectors.tolist()
-    return {
-        "object": "list",
-        "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(data)],
-        "model": req.model or pipeline.manifest.source.model,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    }
+    return answer(
+        service,
+        {
+            "object": "list",
+            "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(data)],
+            "model": req.model or pipeline.manifest.source.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        },
+    )
 
 
-@post("/embed", status_code=200, guards=[require_token], middleware=[observe], summary="TEI embed")
-async def tei_embed(request: Request[Any, Any, Any], service: Service) -> list[list[float]]:
+@post(
+    "/embed",
+    status_code=200,
+    guards=[require_token],
+    middleware=[observe],
+    summary="TEI embed",
+    **documented(EmbedRequest, ROUTE_ERRORS),
+)
+async def tei_embed(request: Request[Any, Any, Any], service: Service) -> Response[bytes]:
     pipeline = embedder(service)
     req = wire.decode_struct(await body(request, "/embed"), EmbedRequest)
     texts = [req.inputs] if isinstance(req.inputs, str) else req.inputs
@@ -124,11 +145,18 @@ async def tei_embed(request: Request[Any, Any, Any], service: Service) -> list[l
         prompt_name=req.prompt_name,
     )  # fmt: skip
     vectors, _ = await service.run(pipeline.task, len(texts), lambda: pipeline.embed(texts, params))
-    return shorten(vectors, req.dimensions, req.normalize).tolist()  # type: ignore[no-any-return]
+    return answer(service, shorten(vectors, req.dimensions, req.normalize))
 
 
-@post("/rerank", status_code=200, guards=[require_token], middleware=[observe], summary="TEI rerank")
-async def tei_rerank(request: Request[Any, Any, Any], service: Service) -> Any:
+@post(
+    "/rerank",
+    status_code=200,
+    guards=[require_token],
+    middleware=[observe],
+    summary="TEI rerank",
+    **documented(RerankRequest, ROUTE_ERRORS),
+)
+async def tei_rerank(request: Request[Any, Any, Any], service: Service) -> Response[bytes]:
     pipeline = service.ready()
     if not isinstance(pipeline, RankingPipeline):
         raise NotServed(f"this server serves {pipeline.task}; /rerank needs a ranking (cross-encoder) model")
@@ -138,19 +166,35 @@ async def tei_rerank(request: Request[Any, Any, Any], service: Service) -> Any:
         truncation_direction=req.truncation_direction,
     )  # fmt: skip
     inputs = {"query": req.query, "texts": req.texts}
-    return await service.run(pipeline.task, len(req.texts), lambda: pipeline.predict(inputs, params))
+    return answer(service, await service.run(pipeline.task, len(req.texts), lambda: pipeline.predict(inputs, params)))
 
 
-@post("/similarity", status_code=200, guards=[require_token], middleware=[observe], summary="TEI similarity")
-async def tei_similarity(request: Request[Any, Any, Any], service: Service) -> list[float]:
+@post(
+    "/similarity",
+    status_code=200,
+    guards=[require_token],
+    middleware=[observe],
+    summary="TEI similarity",
+    **documented(SimilarityRequest, ROUTE_ERRORS),
+)
+async def tei_similarity(request: Request[Any, Any, Any], service: Service) -> Response[bytes]:
     pipeline = embedder(service)
     req = wire.decode_struct(await body(request, "/similarity"), SimilarityRequest)
     inputs = msgspec.to_builtins(req.inputs)
-    return await service.infer(pipeline, inputs, req.parameters)  # type: ignore[no-any-return]
+    return answer(service, await service.infer(pipeline, inputs, req.parameters))
 
 
-@post("/tokenize", status_code=200, guards=[require_token], middleware=[observe], summary="TEI tokenize")
-async def tei_tokenize(request: Request[Any, Any, Any], service: Service) -> list[list[dict[str, Any]]]:
+@post(
+    "/tokenize",
+    status_code=200,
+    guards=[require_token],
+    middleware=[observe],
+    summary="TEI tokenize",
+    **documented(TokenizeRequest, ROUTE_ERRORS),
+)
+async def tei_tokenize(request: Request[Any, Any, Any], service: Service) -> Response[bytes]:
+    """Every token of each text, without truncation; a text of more than `TOKENIZE_WINDOWS` times
+    the model's window is refused (422), decided from a cut, so the answer's size is bounded."""
     pipeline: Pipeline = service.ready()
     req = wire.decode_struct(await body(request, "/tokenize"), TokenizeRequest)
     texts = [req.inputs] if isinstance(req.inputs, str) else req.inputs
@@ -159,21 +203,24 @@ async def tei_tokenize(request: Request[Any, Any, Any], service: Service) -> lis
         if not isinstance(pipeline, SentenceEmbedder):
             raise InvalidParameter("`prompt_name` needs a sentence-embedding model")
         prompt = pipeline.prompt_for(EmbeddingParameters(prompt_name=req.prompt_name))
+    most = TOKENIZE_WINDOWS * pipeline.tokenizer.max_length
 
     def tokenize() -> list[list[dict[str, Any]]]:
-        tokenizer = pipeline.tokenizer.tokenizer
-        encodings = tokenizer.encode_batch([prompt + t for t in texts], add_special_tokens=req.add_special_tokens)
+        encodings = pipeline.tokenizer.tokens(
+            [prompt + t for t in texts], add_special_tokens=req.add_special_tokens, max_tokens=most
+        )
         special = set(pipeline.tokenizer.info.special_ids)
+        shift = len(prompt)
         return [
             [
-                {"id": i, "text": tok, "special": i in special, "start": start - len(prompt) if prompt else start,
-                 "stop": stop - len(prompt) if prompt else stop}
+                {"id": i, "text": tok, "special": i in special, "start": start - shift if prompt else start,
+                 "stop": stop - shift if prompt else stop}
                 for i, tok, (start, stop) in zip(e.ids, e.tokens, e.offsets)
             ]
             for e in encodings
         ]  # fmt: skip
 
-    return await service.run(pipeline.task, len(texts), tokenize)
+    return answer(service, await service.run(pipeline.task, len(texts), tokenize))
 
 
 ROUTES = [openai_embeddings, tei_embed, tei_rerank, tei_similarity, tei_tokenize]

@@ -37,6 +37,10 @@ class Overloaded(KilnError):
     error_type = "overloaded"
 
 
+class ResponseTooLarge(Unprocessable):
+    error_type = "response_too_large"
+
+
 class NotReady(KilnError):
     error_type = "not_ready"
 
@@ -67,6 +71,10 @@ HTTP_KINDS = {
 }
 
 
+# what Litestar raises when the client disconnects before its body is read
+CLIENT_GONE = "client disconnected prematurely"
+
+
 def body(message: str, kind: str) -> dict[str, str]:
     return {"error": message, "error_type": kind}
 
@@ -88,6 +96,10 @@ def kiln_error(request: Request[Any, Any, Any], exc: KilnError) -> Response[dict
 
 def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, str]]:
     status = exc.status_code
+    if status == 500 and exc.detail == CLIENT_GONE:
+        # no one is left to answer: one line in the log, and 499 (as nginx counts it) in the metrics
+        log.info("client went away during %s %s", request.method, request.url.path)
+        return Response(body("the client closed the connection", "client_closed_request"), status_code=499)
     if status >= 500:
         return internal_error(request, exc)
     message = exc.detail

@@ -25,6 +25,7 @@ from litestar.response import Stream
 from runtime.tasks.text_generation import Finished, GenerativePipeline, Prepared, Token
 from server import wire
 from server.app import Service, observe, require_token
+from server.docs import ROUTE_ERRORS, documented
 from server.errors import BadRequest, NotServed
 
 SSE = "text/event-stream"
@@ -70,6 +71,30 @@ async def events(service: Service, pipeline: GenerativePipeline, prepared: Prepa
             cancelled.set()
 
 
+async def finish(
+    request: Request[Any, Any, Any], service: Service, pipeline: GenerativePipeline, prepared: Prepared
+) -> tuple[list[Token], Finished]:
+    """Generate a whole answer on a worker; a client that goes away stops it at the next step.
+
+    The body is read by now, so the next ASGI message is the disconnect (or the end of the
+    response): waiting for it beside the generation is how a non-streamed request notices.
+    """
+    cancelled = threading.Event()
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        cancelled.set()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(watch)
+        try:
+            result = await service.run(pipeline.task, 1, lambda: pipeline.finish(prepared, cancelled.is_set))
+        finally:
+            group.cancel_scope.cancel()
+    return result
+
+
 def sse(payload: Any) -> bytes:
     return b"data: " + msgspec.json.encode(payload) + b"\n\n"
 
@@ -102,7 +127,7 @@ async def predict_generation(request: Request[Any, Any, Any], service: Service, 
     if stream:
         service.admission.check()
         return Stream(_tgi_tokens(service, pipeline, prepared), media_type=SSE)
-    tokens, finished = await service.run(pipeline.task, 1, lambda: pipeline.finish(prepared))
+    tokens, finished = await finish(request, service, pipeline, prepared)
     text = finished.text
     if isinstance(inputs, list):
         return [{"generated_text": [*inputs, {"role": "assistant", "content": text}]}]
@@ -254,11 +279,18 @@ async def _openai(
     if req.stream:
         service.admission.check()
         return Stream(_openai_stream(service, pipeline, prepared, model, chunk), media_type=SSE)
-    _, finished = await service.run(pipeline.task, 1, lambda: pipeline.finish(prepared))
+    _, finished = await finish(request, service, pipeline, prepared)
     return req, model, finished
 
 
-@post("/v1/chat/completions", status_code=200, guards=[require_token], middleware=[observe], summary="OpenAI chat")
+@post(
+    "/v1/chat/completions",
+    status_code=200,
+    guards=[require_token],
+    middleware=[observe],
+    summary="OpenAI chat",
+    **documented(ChatRequest, ROUTE_ERRORS),
+)
 async def chat_completions(request: Request[Any, Any, Any], service: Service) -> Any:
     if generative(service).task != "text-generation":
         raise NotServed(f"this server serves {generative(service).task}; chat needs a text-generation model")
@@ -269,7 +301,14 @@ async def chat_completions(request: Request[Any, Any, Any], service: Service) ->
     return _openai_response("chat.completion", model, finished.text, finished)
 
 
-@post("/v1/completions", status_code=200, guards=[require_token], middleware=[observe], summary="OpenAI completions")
+@post(
+    "/v1/completions",
+    status_code=200,
+    guards=[require_token],
+    middleware=[observe],
+    summary="OpenAI completions",
+    **documented(CompletionRequest, ROUTE_ERRORS),
+)
 async def completions(request: Request[Any, Any, Any], service: Service) -> Any:
     answer = await _openai(
         request, service, "/v1/completions", CompletionRequest, lambda r: r.prompt, _completion_chunk

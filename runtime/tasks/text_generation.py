@@ -57,19 +57,11 @@ class GenerationParameters(msgspec.Struct, forbid_unknown_fields=True):
     generate_kwargs: dict[str, Any] | None = None
 
 
+MAX_STOP_CHARS = 256
 UNSUPPORTED = {
     "num_return_sequences": 1, "best_of": 1, "watermark": False, "typical_p": None,
     "frequency_penalty": None, "top_n_tokens": None, "grammar": None, "adapter_id": None,
 }  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What the operator allows one request: new tokens, and seconds of generation."""
-
-    max_new_tokens: int = 1024
-    default_new_tokens: int = 100
-    time_limit_s: float | None = 120.0
 
 
 @dataclass
@@ -104,7 +96,6 @@ class GenerativePipeline(Pipeline):
     """Shared by every generative task: parameters, sampling, streaming, stop sequences."""
 
     output_key: ClassVar[str] = "generated_text"
-    limits = Limits()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -167,6 +158,10 @@ class GenerativePipeline(Pipeline):
             do_sample = True  # text-generation-inference samples when a temperature is given
         if temperature <= 0:
             do_sample, temperature = False, 1.0
+        if params.seed is not None and params.seed < 0:
+            raise InvalidParameter(f"`seed` must be at least 0; got {params.seed}")
+        if params.repetition_penalty is not None and params.repetition_penalty <= 0:
+            raise InvalidParameter(f"`repetition_penalty` must be positive; got {params.repetition_penalty}")
         top_p = params.top_p if params.top_p is not None else float(d.get("top_p") or 1.0)
         if not 0 < top_p <= 1:
             raise InvalidParameter(f"`top_p` must be in (0, 1]; got {top_p}")
@@ -181,18 +176,27 @@ class GenerativePipeline(Pipeline):
     def prompt_ids(self, inputs: Any, params: GenerationParameters) -> tuple[str, list[int]]:
         if not isinstance(inputs, str) or not inputs:
             raise InvalidInput(f"`inputs` must be a non-empty string; got {type_name(inputs)}")
-        ids = self.tokenizer.encode([inputs], truncation=False, max_length=1 << 30)[0].ids
-        return inputs, self.fit(ids, params)
+        return inputs, self.encode_prompt(inputs, params)
 
-    def fit(self, ids: list[int], params: GenerationParameters) -> list[int]:
+    def encode_prompt(self, prompt: str, params: GenerationParameters, *, add_special_tokens: bool = True) -> list[int]:
+        """The prompt's ids: its last `truncate` tokens when asked (text-generation-inference's
+        `truncate`), else all of them, refused past the model's window. Both are decided from a cut
+        of the text, so a multi-megabyte prompt costs milliseconds."""
+        window = self.tokenizer.max_length
         if params.truncate is not None:
-            ids = ids[-params.truncate :]
-        if len(ids) > self.tokenizer.max_length:
-            raise Unprocessable(
-                f"the prompt is {len(ids)} tokens and the model takes at most {self.tokenizer.max_length}; "
-                "shorten it or pass `truncate`"
+            if not 1 <= params.truncate <= window:
+                raise InvalidParameter(f"`truncate` must be between 1 and {window} tokens; got {params.truncate}")
+            encoded = self.tokenizer.encode(
+                [prompt], max_length=params.truncate, direction="left", add_special_tokens=add_special_tokens
             )
-        return ids
+        else:
+            encoded = self.tokenizer.encode(
+                [prompt],
+                truncation=False,
+                add_special_tokens=add_special_tokens,
+                too_long="shorten it or pass `truncate`",
+            )
+        return list(encoded[0].ids)
 
     def prepare(self, inputs: Any, parameters: dict[str, Any]) -> Prepared:
         params = self.parameters(parameters)
@@ -201,9 +205,30 @@ class GenerativePipeline(Pipeline):
         beams = params.num_beams if params.num_beams is not None else int(self.defaults.get("num_beams") or 1)
         if beams > 1 and sampling.do_sample:
             raise Unprocessable("beam search with sampling is not supported: set `do_sample` false or `num_beams` 1")
+        self.check_cost(params, beams, len(ids), sampling.max_new_tokens)
+        return Prepared(prompt, ids, params, sampling, beams)
+
+    def check_cost(self, params: GenerationParameters, beams: int, prompt_tokens: int, new_tokens: int) -> None:
+        """Refuse, before anything is allocated, what would size work or memory past the limits:
+        beams, stop sequences, and the key/value cache that beams x (prompt + new tokens) need."""
+        limits = self.limits
         if beams < 1:
             raise InvalidParameter(f"`num_beams` must be at least 1; got {beams}")
-        return Prepared(prompt, ids, params, sampling, beams)
+        if beams > limits.max_beams:
+            raise Unprocessable(f"`num_beams` is {beams}; this server allows at most {limits.max_beams}")
+        stops = params.stop or params.stop_sequences or []
+        if len(stops) > limits.max_stop_sequences or any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise Unprocessable(
+                f"at most {limits.max_stop_sequences} stop sequences of at most {MAX_STOP_CHARS} characters each"
+            )
+        length = (0 if self.encoder else prompt_tokens) + new_tokens
+        cache = beams * self.generator.cache_bytes(length, prompt_tokens if self.encoder else 0)
+        if cache > limits.max_kv_cache_bytes:
+            mib = 1 << 20
+            raise Unprocessable(
+                f"{beams} beam(s) of {length} tokens need {cache // mib} MiB of key/value cache; this server allows "
+                f"{limits.max_kv_cache_bytes // mib} MiB per request: ask for fewer beams or new tokens"
+            )
 
     def stream(
         self, inputs: Any, cancelled: Callable[[], bool] = lambda: False, **parameters: Any
@@ -214,7 +239,7 @@ class GenerativePipeline(Pipeline):
     def events(self, prepared: Prepared, cancelled: Callable[[], bool] = lambda: False) -> Iterator[Token | Finished]:
         ids, params, sampling = prepared.ids, prepared.params, prepared.sampling
         if prepared.num_beams > 1:
-            yield from self._beam_events(prepared)
+            yield from self._beam_events(prepared, cancelled)
             return
         stops = [s for s in (params.stop or params.stop_sequences or []) if s]
         special = set(self.tokenizer.info.special_ids)
@@ -235,27 +260,29 @@ class GenerativePipeline(Pipeline):
                 break
         yield Finished(emitted, reason, len(generated), len(ids), sampling.seed)
 
-    def _beam_events(self, prepared: Prepared) -> Iterator[Token | Finished]:
+    def _beam_events(self, prepared: Prepared, cancelled: Callable[[], bool]) -> Iterator[Token | Finished]:
         """Beam search knows its answer only at the end: every token comes then, in order."""
         lengths = self.defaults.get("length_penalty", 1.0), self.defaults.get("early_stopping", False)
-        ids = beam_search(self.generator, prepared.ids, prepared.sampling, prepared.num_beams, *lengths)
+        ids, stopped = beam_search(
+            self.generator, prepared.ids, prepared.sampling, prepared.num_beams, *lengths, cancelled=cancelled
+        )
         special = set(self.tokenizer.info.special_ids)
         emitted = ""
         for count in range(1, len(ids) + 1):
             text = self.tokenizer.decode(ids[:count], skip_special_tokens=True)
             yield Token(ids[count - 1], text[len(emitted) :], 0.0, ids[count - 1] in special)
             emitted = text
-        reason = "eos_token" if ids and ids[-1] in prepared.sampling.eos_token_ids else "length"
+        reason = stopped or ("eos_token" if ids and ids[-1] in prepared.sampling.eos_token_ids else "length")
         yield Finished(emitted, reason, len(ids), len(prepared.ids), None)
 
     def complete(self, inputs: Any, parameters: dict[str, Any]) -> tuple[str, Finished]:
         prepared = self.prepare(inputs, parameters)
         return prepared.prompt, self.finish(prepared)[1]
 
-    def finish(self, prepared: Prepared) -> tuple[list[Token], Finished]:
-        """Generate to the end: the tokens and the outcome."""
+    def finish(self, prepared: Prepared, cancelled: Callable[[], bool] = lambda: False) -> tuple[list[Token], Finished]:
+        """Generate to the end (or the time limit, or `cancelled`): the tokens and the outcome."""
         tokens: list[Token] = []
-        for event in self.events(prepared):
+        for event in self.events(prepared, cancelled):
             if isinstance(event, Finished):
                 return tokens, event
             tokens.append(event)
@@ -276,8 +303,7 @@ class TextGenerationPipeline(GenerativePipeline):
             messages = chat.messages_of(inputs)
             special = {k: self._token(k) for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
             prompt = chat.render(self.chat_template, messages, special)
-            ids = self.tokenizer.tokenizer.encode(prompt, add_special_tokens=False).ids
-            return prompt, self.fit(ids, params)
+            return prompt, self.encode_prompt(prompt, params, add_special_tokens=False)
         return super().prompt_ids(inputs, params)
 
     @property

@@ -49,6 +49,7 @@ class ZeroShotClassificationPipeline(Pipeline):
         template = params.hypothesis_template
         if template.format(labels[0]) == template:
             raise InvalidParameter(f"`hypothesis_template` must contain {{}} for the label; got {template!r}")
+        self.check_sequences(len(texts) * len(labels), f"{len(texts)} text(s) x {len(labels)} labels make")
         hypotheses = [template.format(label) for label in labels]
         premises = [text for text in texts for _ in labels]
         encodings = self.tokenizer.encode(
