@@ -1,0 +1,72 @@
+"""Client bytes to an RGB Pillow image, as transformers' `load_image` makes it, with the size
+refused from the header before any pixel is decoded."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import struct
+
+from PIL import Image, ImageOps
+
+from runtime.errors import InvalidInput, Unprocessable
+
+FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+"""What `load_image` decodes (Pillow's JPEG opener also takes MPO, the multi-picture JPEG of phones)."""
+
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error)
+_BOMB = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+
+def load_image(data: bytes, *, max_pixels: int) -> Image.Image:
+    """Decode `data` as transformers' `load_image` does: EXIF orientation applied, then RGB.
+
+    Cases:
+    - empty or undecodable bytes, or a format outside `FORMATS`: `InvalidInput`;
+    - more than `max_pixels` pixels: `Unprocessable`, from the header, before any pixel is decoded;
+      Pillow's own decompression-bomb error (and its warning, when warnings are errors) too;
+    - RGBA, LA and PA lose their alpha channel (no compositing), P takes its palette colours, L and
+      1 are repeated in the three channels, I and I;16 are clipped to 0..255: `Image.convert("RGB")`;
+    - an animated GIF or WebP, or a multi-page TIFF: the first frame.
+    """
+    if not data:
+        raise InvalidInput("the image is empty: no bytes were sent")
+    try:
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
+        width, height = image.size
+        if width * height > max_pixels:
+            raise Unprocessable(
+                f"the image is {width}x{height} = {width * height} pixels, more than the {max_pixels} allowed"
+            )
+        return ImageOps.exif_transpose(image).convert("RGB")
+    except _BOMB as exc:
+        raise Unprocessable(
+            f"the image is too large to decode ({exc}); at most {max_pixels} pixels are allowed"
+        ) from exc
+    except _DECODE_ERRORS as exc:
+        raise InvalidInput(f"the image could not be decoded ({', '.join(FORMATS)} are accepted): {exc}") from exc
+
+
+_URL_SAFE = str.maketrans("-_", "+/")
+
+
+def decode_base64_image(text: str) -> bytes:
+    """The bytes of a base64 image: plain base64 (standard or URL-safe alphabet, whitespace and
+    missing padding tolerated) or a `data:image/...;base64,` URL. Anything else: `InvalidInput`."""
+    payload = text.strip()
+    if payload[:5].lower() == "data:":
+        header, comma, payload = payload.partition(",")
+        media, *parameters = header[5:].split(";")
+        if not comma or "base64" not in (p.strip().lower() for p in parameters):
+            raise InvalidInput("a data URL must read `data:image/<type>;base64,<data>`")
+        if media and not media.strip().lower().startswith("image/"):
+            raise InvalidInput(f"the data URL holds {media!r}, not an image")
+    compact = "".join(payload.split()).translate(_URL_SAFE)
+    try:
+        data = base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidInput(f"the image is not valid base64: {exc}") from exc
+    if not data:
+        raise InvalidInput("the image is empty: the base64 text holds no bytes")
+    return data
