@@ -56,14 +56,14 @@ class Row:
     note: str = ""
 
 
-def text_of(tokens: int, pipe: runtime.Pipeline) -> str:
+def text_of(tokens: int, pipe: runtime.TextPipeline) -> str:
     """A text that the model's tokenizer cuts into about `tokens` tokens (specials included)."""
     text = SENTENCE * (tokens // 8 + 2)
     encoding = pipe.tokenizer.encode([text], max_length=1 << 20)[0]
     return text[: encoding.offsets[min(tokens, len(encoding.ids)) - 2][1]]
 
 
-def payload(task: str, shape: Shape, pipe: runtime.Pipeline) -> Any:
+def payload(task: str, shape: Shape, pipe: runtime.TextPipeline) -> Any:
     one = text_of(shape.tokens, pipe)
     if task == "fill-mask":
         words = one.split(" ")
@@ -192,7 +192,7 @@ def compare(
     probe = next((c.call for c in live), None)
     rows = []
     for shape in shapes:
-        assert isinstance(probe, runtime.Pipeline)
+        assert isinstance(probe, runtime.TextPipeline)
         item = payload(task, shape, probe)
         times = measure([reference, *live], item, rounds, block)
         base_p50 = statistics.median(times["pytorch"])

@@ -1,15 +1,8 @@
 """The compile step: a Hub id or model directory in, a validated ONNX artifact directory out."""
 
-from compile.build import (
-    CompileOptions,
-    Device,
-    Optimization,
-    Precision,
-    Progress,
-    Result,
-    compile_model,
-)
+from compile.build import compile_model
 from compile.errors import CompileFailed, TaskUnknown, UnsupportedModel, ValidationFailed
+from compile.options import CompileOptions, Device, Optimization, Precision, Progress, Result
 from compile.tasks import compilable, infer_task
 
 __all__ = [

@@ -9,26 +9,23 @@ so an interrupted run never leaves a directory that looks complete.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
 import shutil
 import statistics
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from enum import StrEnum
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 import runtime
-from compile import generative, gguf, sentence, validate
-from compile.errors import CompileFailed, UnsupportedModel, ValidationFailed
+from compile import generative, gguf, validate
+from compile.errors import CompileFailed, ValidationFailed
+from compile.exporters import BuildContext, copy_components, reference_for, tokenizer_info
+from compile.options import Candidate, CompileOptions, Device, Optimization, Precision, Progress, Result
 from compile.quantize import quantize_int8
 from compile.tasks import ExportSpec, export_spec, infer_task
 from runtime.artifact import (
@@ -44,81 +41,10 @@ from runtime.artifact import (
     verify_files,
     write_manifest,
 )
-from runtime.pooling import normalize, pool
 from runtime.session import providers_for
 from runtime.versions import installed
 
-POOLABLE = ("feature-extraction", "sentence-embeddings", "sentence-similarity")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json")
-
-
-class Device(StrEnum):
-    CPU = "cpu"
-    CUDA = "cuda"
-
-
-class Precision(StrEnum):
-    AUTO = "auto"
-    FP32 = "fp32"
-    FP16 = "fp16"
-    INT8 = "int8"
-
-
-class Optimization(StrEnum):
-    NONE = "none"
-    O1 = "O1"
-    O2 = "O2"
-    O3 = "O3"
-    O4 = "O4"
-
-
-@dataclass(frozen=True)
-class CompileOptions:
-    task: str | None = None
-    device: Device = Device.CPU
-    precision: Precision = Precision.AUTO
-    optimize: Optimization | None = None
-    revision: str | None = None
-    opset: int | None = None
-    trust_remote_code: bool = False
-    force: bool = False
-    token: str | None = None
-
-
-@dataclass
-class Result:
-    directory: Path
-    manifest: Manifest
-    skipped: bool
-    report: list[str] = field(default_factory=list)
-
-
-class Progress:
-    """Progress lines on stderr: each long step says what it does and how long it took."""
-
-    def __init__(self, quiet: bool = False) -> None:
-        self.quiet = quiet
-
-    def say(self, message: str) -> None:
-        if not self.quiet:
-            print(f"kiln: {message}", file=sys.stderr, flush=True)
-
-    @contextmanager
-    def step(self, message: str) -> Iterator[None]:
-        start = time.perf_counter()
-        self.say(f"{message} ...")
-        yield
-        self.say(f"{message}: done in {time.perf_counter() - start:.1f} s")
-
-
-@dataclass(frozen=True)
-class Candidate:
-    precision: Precision
-    optimization: Optimization
-
-    @property
-    def name(self) -> str:
-        return f"{self.precision}-{self.optimization}"
 
 
 def candidates(options: CompileOptions) -> list[Candidate]:
@@ -173,39 +99,6 @@ def fingerprint(model_dir: Path, task: str, options: CompileOptions) -> str:
     return digest.hexdigest()
 
 
-def sentence_embeddings(
-    outputs: dict[str, np.ndarray], mask: np.ndarray, pooling: SentencePooling
-) -> dict[str, np.ndarray]:
-    """Hidden states -> the sentence embeddings the runtime serves (validation compares these)."""
-    vectors = pool(outputs["last_hidden_state"].astype(np.float32), mask, pooling.modes)
-    return {"sentence_embedding": normalize(vectors) if pooling.normalize else vectors}
-
-
-def tokenizer_info(tokenizer: Any, config: Any, sentence_limit: int | None = None) -> TokenizerInfo:
-    """The tokenizer facts the runtime needs; the length limit is the smallest of the tokenizer's,
-    the position embeddings' and (for sentence-transformers) `max_seq_length`."""
-    limit = int(tokenizer.model_max_length)
-    if sentence_limit:
-        limit = min(limit, sentence_limit)
-    positions = getattr(config, "max_position_embeddings", None)
-    if positions:
-        offset = 2 if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert") else 0
-        limit = min(limit, int(positions) - offset)
-    if limit > 100_000:
-        limit = 512
-    return TokenizerInfo(
-        max_length=limit,
-        pad_token_id=int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
-        padding_side=tokenizer.padding_side,
-        mask_token=tokenizer.mask_token if getattr(tokenizer, "mask_token_id", None) is not None else None,
-        mask_token_id=getattr(tokenizer, "mask_token_id", None),
-        cls_token_id=tokenizer.cls_token_id,
-        unk_token_id=tokenizer.unk_token_id,
-        special_ids=sorted(set(int(i) for i in tokenizer.all_special_ids)),
-        clean_up_tokenization_spaces=bool(getattr(tokenizer, "clean_up_tokenization_spaces", False)),
-    )
-
-
 def optimize_graph(source: Path, target: Path, level: Optimization, model_type: str, cuda: bool) -> None:
     """ONNX Runtime's transformer fusions at optimum's levels: O1 basic, O2 fused attention and
     layer norms, O3 also approximate GELU, O4 also fp16 (CUDA)."""
@@ -228,21 +121,16 @@ def optimize_graph(source: Path, target: Path, level: Optimization, model_type: 
 
 
 def run_graph(
-    path: Path, feeds: list[dict[str, np.ndarray]], device: Device
+    path: Path, feeds: list[dict[str, np.ndarray]], timing: list[dict[str, np.ndarray]], device: Device
 ) -> tuple[list[dict[str, np.ndarray]], float]:
     """Outputs of the graph on each batch, and its batch-1 latency in ms: the sum of the medians
-    on a short and on a long input (fused attention wins on long inputs and can lose on short
-    ones, so one length alone would choose wrong for the other)."""
+    over the exporter's timing inputs (for text, a short and a long one)."""
     from runtime.session import OnnxModel, SessionOptions
 
     model = OnnxModel(path, SessionOptions(device=str(device)))
     outputs = [model.run(batch) for batch in feeds]
-    mask = feeds[0]["attention_mask"]
-    shortest, longest = int(mask.sum(axis=1).argmin()), int(mask.sum(axis=1).argmax())
     total = 0.0
-    for row in (shortest, longest):
-        cols = np.nonzero(mask[row])[0]
-        one = {k: v[row : row + 1, cols[0] : cols[-1] + 1] for k, v in feeds[0].items()}
+    for one in timing:
         for _ in range(3):
             model.run(one)
         times: list[float] = []
@@ -304,9 +192,6 @@ def _build(
     progress: Progress,
     started: float,
 ) -> tuple[Manifest, list[str]]:
-    import onnx
-    import torch
-    import transformers
     from optimum.exporters.onnx import main_export
 
     converted = gguf.gguf_file(model_dir)
@@ -329,59 +214,25 @@ def _build(
             raise CompileFailed(f"optimum cannot export {model_dir.name} for {task}: {exc}") from None
     if spec.generative:
         return _build_generative(model_dir, source, task, spec, options, export_dir, key, staging, progress, started)
-    fp32 = export_dir / "model.onnx"
-    pooling = sentence.read_pooling(model_dir) if task in POOLABLE else None
-    if pooling is None and spec.pooled:
-        pooling = SentencePooling(modes=["mean"], normalize=False)  # what sentence-transformers gives a plain model
-    if pooling is not None:
-        spec = dataclasses.replace(spec, pooled=True)
-    with progress.step("running the PyTorch model for reference outputs"):
-        tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir, use_fast=True)  # type: ignore[no-untyped-call]
-        if not tokenizer.is_fast:
-            raise CompileFailed(
-                f"{model_dir.name} has no fast tokenizer (tokenizer.json); kiln serves fast tokenizers only"
-            )
-        torch_model = (
-            getattr(transformers, spec.auto_class)
-            .from_pretrained(model_dir, trust_remote_code=options.trust_remote_code)
-            .eval()
-        )
-        if spec.task == "ranking" and torch_model.config.num_labels != 1:
-            raise UnsupportedModel(
-                f"ranking needs a one-score cross-encoder; {model_dir.name} has {torch_model.config.num_labels} labels"
-            )
-        info = tokenizer_info(tokenizer, torch_model.config, sentence.max_seq_length(model_dir))
-        feeds = validate.batches(tokenizer, spec, min(info.max_length, 256))
-        input_names = [i.name for i in onnx.load(str(fp32), load_external_data=False).graph.input]
-        feeds = [{k: v for k, v in batch.items() if k in input_names} for batch in feeds]
-        with torch.inference_mode():
-            reference = []
-            for batch in feeds:
-                output = torch_model(**{k: torch.from_numpy(v) for k, v in batch.items()})
-                reference.append({name: output[name].float().numpy() for name in spec.outputs})
-    masks = [batch["attention_mask"] for batch in feeds]
-    calibration = [
-        {k: np.asarray(v, dtype=np.int64) for k, v in tokenizer([text], return_tensors="np").items()}
-        for text in validate.CALIBRATION
-    ]
-    if pooling is not None:
-        reference = [sentence_embeddings(out, mask, pooling) for out, mask in zip(reference, masks)]
-    model_type = torch_model.config.model_type
-    del torch_model
+    context = BuildContext(model_dir, task, spec, options, export_dir, progress)
+    reference = reference_for(context)
     lines: list[str] = []
     passing: list[tuple[float, Candidate, Path, validate.Figures]] = []
     for candidate in plan:
         path = staging / f"{candidate.name}.onnx"
         with progress.step(f"building {candidate.name}"):
             if candidate.precision is Precision.INT8:
-                quantize_int8(fp32, path, calibration)
+                quantize_int8(context.fp32, path, reference.calibration)
             else:
-                optimize_graph(fp32, path, candidate.optimization, model_type, options.device is Device.CUDA)
-            outputs, latency = run_graph(path, feeds, options.device)
-        if pooling is not None:
-            outputs = [sentence_embeddings(out, mask, pooling) for out, mask in zip(outputs, masks)]
-        figures = validate.compare(reference, outputs, masks, spec, str(candidate.precision))
-        lines.append(validate.report(candidate.name, figures) + f"; batch-1 latency short + long {latency:.2f} ms")
+                optimize_graph(
+                    context.fp32, path, candidate.optimization, reference.model_type, options.device is Device.CUDA
+                )
+            outputs, latency = run_graph(path, reference.feeds, reference.timing, options.device)
+        outputs = [reference.view(out, mask) for out, mask in zip(outputs, reference.masks)]
+        figures = validate.compare(
+            reference.outputs, outputs, reference.masks, reference.spec, str(candidate.precision)
+        )
+        lines.append(validate.report(candidate.name, figures) + f"; batch-1 latency {latency:.2f} ms")
         if figures.passed:
             passing.append((latency, candidate, path, figures))
     if not passing:
@@ -392,12 +243,11 @@ def _build(
     artifact = staging / "artifact"
     artifact.mkdir()
     shutil.move(path, artifact / "model.onnx")
-    for name in TOKENIZER_FILES:
-        if (export_dir / name).is_file():
-            shutil.copy(export_dir / name, artifact / name)
+    copy_components(reference, context, artifact)
     manifest = write_artifact(
         artifact, task=task, source=source, device=options.device, precision=chosen.precision,
-        optimization=chosen.optimization, info=info, figures=figures, key=key, started=started, pooling=pooling,
+        optimization=chosen.optimization, info=reference.tokenizer, figures=figures, key=key, started=started,
+        pooling=reference.pooling, image_processor=reference.image_processor,
     )  # fmt: skip
     return manifest, lines
 
@@ -439,11 +289,12 @@ def write_artifact(
     device: Device,
     precision: Precision,
     optimization: Optimization,
-    info: TokenizerInfo,
+    info: TokenizerInfo | None,
     figures: validate.Figures,
     key: str,
     started: float,
     pooling: SentencePooling | None = None,
+    image_processor: dict[str, Any] | None = None,
     graphs: dict[str, str] | None = None,
     model_file: str = "model.onnx",
 ) -> Manifest:
@@ -473,6 +324,7 @@ def write_artifact(
         compile_seconds=round(time.perf_counter() - started, 2),
         config_hash=key,
         pooling=pooling,
+        image_processor=image_processor,
         graphs=graphs or {},
     )  # fmt: skip
     write_manifest(artifact, manifest)

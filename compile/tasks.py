@@ -33,6 +33,7 @@ class ExportSpec:
     token_level: bool = False
     pooled: bool = False
     generative: bool = False
+    unlabelled: tuple[str, ...] = ()  # outputs whose argmax is no decision (detection boxes)
 
 
 _EXPORTS: dict[str, ExportSpec] = {}
@@ -68,6 +69,27 @@ for _spec in (
         ExportSpec(task, "text2text-generation-with-past", "AutoModelForSeq2SeqLM", ("logits",), True, generative=True)
         for task in ("text2text-generation", "summarization", "translation")
     ),
+    ExportSpec("image-classification", "image-classification", "AutoModelForImageClassification", ("logits",), True),
+    ExportSpec(
+        "zero-shot-image-classification", "zero-shot-image-classification", "AutoModel", ("logits_per_image",), True
+    ),
+    ExportSpec(
+        "object-detection",
+        "object-detection",
+        "AutoModelForObjectDetection",
+        ("logits", "pred_boxes"),
+        True,
+        token_level=True,
+        unlabelled=("pred_boxes",),
+    ),
+    ExportSpec(
+        "image-segmentation",
+        "semantic-segmentation",
+        "AutoModelForSemanticSegmentation",
+        ("logits",),
+        True,
+        token_level=True,
+    ),
 ):
     register_export(_spec)
 
@@ -84,6 +106,9 @@ def compilable() -> list[str]:
 
 
 _HEADS = (
+    ("ForImageClassification", "image-classification"),
+    ("ForObjectDetection", "object-detection"),
+    ("ForSemanticSegmentation", "image-segmentation"),
     ("ForSequenceClassification", "text-classification"),
     ("ForTokenClassification", "token-classification"),
     ("ForQuestionAnswering", "question-answering"),
@@ -118,6 +143,8 @@ def infer_task(model_dir: Path) -> str:
         return "text-generation"  # GGUF files hold language models
     if "sentence_transformers" in config and config.get("num_labels", len(config.get("id2label") or {})) == 1:
         return "ranking"  # a sentence-transformers CrossEncoder
+    if config.get("model_type") in ("clip", "siglip"):
+        return "zero-shot-image-classification"
     for architecture in config.get("architectures") or []:
         for suffix, task in _HEADS:
             if architecture.endswith(suffix):

@@ -133,7 +133,7 @@ def compare(
                 max_abs = max(max_abs, float(np.max(np.abs(a - b))))
                 denom = float(np.linalg.norm(a) * np.linalg.norm(b))
                 min_cos = min(min_cos, float(np.dot(a, b)) / denom if denom else 1.0)
-                if spec.labelled:
+                if spec.labelled and name not in spec.unlabelled:
                     total += 1
                     agree += int(np.argmax(a) == np.argmax(b))
     agreement = agree / total if total else None

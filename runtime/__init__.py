@@ -1,7 +1,7 @@
 """Load a compiled artifact and call it like a transformers pipeline: `load(DIR)(inputs, **parameters)`.
 
 Nothing here imports torch, transformers or an HTTP library: a compiled artifact serves with
-onnxruntime, tokenizers and numpy alone.
+onnxruntime, tokenizers, numpy and Pillow alone.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ __version__ = "0.1.0"
 from runtime.artifact import Manifest, is_artifact, read_manifest
 from runtime.errors import ArtifactError, InvalidInput, InvalidParameter, KilnError, Unprocessable
 from runtime.session import SessionOptions
-from runtime.tasks import Pipeline, canonical, pipeline_class, registered
+from runtime.tasks import Pipeline, canonical, input_kind, pipeline_class, registered
+from runtime.tasks.base import InputKind, TextPipeline
 
 
 def load(
@@ -32,15 +33,18 @@ def load(
 
 __all__ = [
     "ArtifactError",
+    "InputKind",
     "InvalidInput",
     "InvalidParameter",
     "KilnError",
     "Manifest",
     "Pipeline",
     "SessionOptions",
+    "TextPipeline",
     "Unprocessable",
     "__version__",
     "canonical",
+    "input_kind",
     "is_artifact",
     "load",
     "read_manifest",

@@ -1,7 +1,8 @@
 """The artifact directory and its `manifest.json`: what `kiln compile` writes and `runtime.load` reads.
 
 The manifest is the only thing the runtime trusts about an artifact: the task, the files and their
-hashes, the tokenizer facts the pipelines need (so serving never imports `transformers`), and the
+hashes, its preprocessor components with their settings (the tokenizer facts `tokenizer.json` does
+not carry, the image processor's settings), so serving never imports `transformers`, and the
 validation figures the compile step measured. It is written last, atomically, so a directory with
 a manifest is a complete artifact.
 """
@@ -11,13 +12,15 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
 from runtime.errors import ArtifactError
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)  # 2: preprocessors are components, so `tokenizer` may be absent
 
 
 class Source(msgspec.Struct, frozen=True):
@@ -77,11 +80,12 @@ class Manifest(msgspec.Struct, frozen=True):
     model_file: str
     input_names: list[str]
     output_names: list[str]
-    tokenizer: TokenizerInfo
+    tokenizer: TokenizerInfo | None
     validation: Validation
     files: dict[str, str]
     versions: dict[str, str]
     pooling: SentencePooling | None = None
+    image_processor: dict[str, Any] | None = None
     graphs: dict[str, str] = {}
     backend: str = "onnxruntime"
     compile_seconds: float = 0.0
@@ -112,8 +116,8 @@ def read_manifest(directory: str | os.PathLike[str]) -> Manifest:
         manifest = msgspec.json.decode(path.read_bytes(), type=Manifest)
     except msgspec.DecodeError as exc:
         raise ArtifactError(f"{path} is unreadable: {exc}") from None
-    if manifest.format != FORMAT_VERSION:
-        raise ArtifactError(f"{path} has format {manifest.format}; this kiln reads format {FORMAT_VERSION}")
+    if manifest.format not in READABLE_FORMATS:
+        raise ArtifactError(f"{path} has format {manifest.format}; this kiln reads formats {READABLE_FORMATS}")
     return manifest
 
 

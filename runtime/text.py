@@ -156,9 +156,9 @@ class TextTokenizer:
         token_id: int | None = self._tokenizer.token_to_id(token)
         return token_id
 
-    def batch(self, encodings: Sequence[Encoding]) -> dict[str, np.ndarray]:
-        """Pad encodings to the longest into `input_ids`, `attention_mask`, `token_type_ids`."""
-        width = max(len(e.ids) for e in encodings)
+    def batch(self, encodings: Sequence[Encoding], width: int | None = None) -> dict[str, np.ndarray]:
+        """Pad encodings to the longest (or to `width`) into `input_ids`, `attention_mask`, `token_type_ids`."""
+        width = max(width or 0, *(len(e.ids) for e in encodings))
         shape = (len(encodings), width)
         input_ids = np.full(shape, self.info.pad_token_id, dtype=np.int64)
         attention_mask = np.zeros(shape, dtype=np.int64)

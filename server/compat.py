@@ -17,14 +17,15 @@ import msgspec
 import numpy as np
 from litestar import Request, Response, post
 
-from runtime import Pipeline
+from runtime import TextPipeline
 from runtime.errors import InvalidParameter
 from runtime.tasks.ranking import RankingParameters, RankingPipeline
 from runtime.tasks.sentence_embeddings import EmbeddingParameters, SentenceEmbedder
 from server import wire
-from server.app import Service, answer, observe, require_token
 from server.docs import ROUTE_ERRORS, documented
 from server.errors import BadRequest, NotServed
+from server.routing import answer, observe, require_token
+from server.service import Service
 
 # /tokenize answers texts of up to this many model windows: enough to see what truncation cuts
 TOKENIZE_WINDOWS = 4
@@ -195,7 +196,9 @@ async def tei_similarity(request: Request[Any, Any, Any], service: Service) -> R
 async def tei_tokenize(request: Request[Any, Any, Any], service: Service) -> Response[bytes]:
     """Every token of each text, without truncation; a text of more than `TOKENIZE_WINDOWS` times
     the model's window is refused (422), decided from a cut, so the answer's size is bounded."""
-    pipeline: Pipeline = service.ready()
+    pipeline = service.ready()
+    if not isinstance(pipeline, TextPipeline):
+        raise NotServed(f"this server serves {pipeline.task}, which takes no text to tokenize")
     req = wire.decode_struct(await body(request, "/tokenize"), TokenizeRequest)
     texts = [req.inputs] if isinstance(req.inputs, str) else req.inputs
     prompt = ""

@@ -1,16 +1,12 @@
-"""One table from error kind to HTTP status, and one body shape: `{"error", "error_type"}`."""
+"""One table from error kind to HTTP status, and one body shape: `{"error", "error_type"}`.
+
+No web framework here: the service, the admission path and the connection layer raise these, and
+`server.handlers` turns them into Litestar responses.
+"""
 
 from __future__ import annotations
 
-import logging
-from typing import Any
-
-from litestar import Request, Response
-from litestar.exceptions import HTTPException
-
 from runtime.errors import ArtifactError, InvalidInput, InvalidParameter, KilnError, Unprocessable
-
-log = logging.getLogger("kiln.server")
 
 
 class BadRequest(KilnError):
@@ -84,38 +80,3 @@ def status_of(exc: KilnError) -> int:
         if cls in STATUS:
             return STATUS[cls]  # type: ignore[index]
     return 500
-
-
-def kiln_error(request: Request[Any, Any, Any], exc: KilnError) -> Response[dict[str, str]]:
-    status = status_of(exc)
-    if status == 500:
-        return internal_error(request, exc)
-    headers = {"Retry-After": "1"} if status in (429, 503) else None
-    return Response(body(exc.message, exc.error_type), status_code=status, headers=headers)
-
-
-def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, str]]:
-    status = exc.status_code
-    if status == 500 and exc.detail == CLIENT_GONE:
-        # no one is left to answer: one line in the log, and 499 (as nginx counts it) in the metrics
-        log.info("client went away during %s %s", request.method, request.url.path)
-        return Response(body("the client closed the connection", "client_closed_request"), status_code=499)
-    if status >= 500:
-        return internal_error(request, exc)
-    message = exc.detail
-    if status == 413:
-        limit = request.route_handler.resolve_request_max_body_size()
-        message = f"request body is larger than this server's limit of {limit} bytes"
-    elif status == 404:
-        message = f"no route {request.url.path}"
-    elif status == 405:
-        message = f"{request.method} is not allowed on {request.url.path}"
-    return Response(body(message, HTTP_KINDS.get(status, "http_error")), status_code=status, headers=exc.headers)
-
-
-def internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
-    log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
-    return Response(body("internal server error: the failure is in the server's log", "internal"), status_code=500)
-
-
-HANDLERS = {KilnError: kiln_error, HTTPException: http_error, Exception: internal_error}

@@ -24,9 +24,10 @@ from litestar.response import Stream
 
 from runtime.tasks.text_generation import Finished, GenerativePipeline, Prepared, Token
 from server import wire
-from server.app import Service, observe, require_token
 from server.docs import ROUTE_ERRORS, documented
 from server.errors import BadRequest, NotServed
+from server.routing import observe, require_token
+from server.service import Service
 
 SSE = "text/event-stream"
 TGI_REASONS = {"eos_token": "eos_token", "stop_sequence": "stop_sequence"}  # anything else: "length"

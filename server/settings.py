@@ -51,6 +51,7 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "KILN_MAX_BEAMS": ("max_beams", int),
     "KILN_MAX_KV_CACHE_MB": ("max_kv_cache_mb", int),
     "KILN_MAX_SEQUENCES": ("max_sequences", int),
+    "KILN_MAX_IMAGE_PIXELS": ("max_image_pixels", int),
     "KILN_MAX_RESPONSE_BYTES": ("max_response_bytes", int),
     "KILN_API_TOKEN": ("api_token", str),
     "KILN_CACHE": ("cache_dir", Path),
@@ -83,6 +84,7 @@ class Settings:
     max_beams: int = 8
     max_kv_cache_mb: int = 2048
     max_sequences: int = 256
+    max_image_pixels: int = 40_000_000
     max_response_bytes: int = 32 * 1024 * 1024
     api_token: str | None = None
     cache_dir: Path = Path.home() / ".cache" / "kiln" / "artifacts"
@@ -115,6 +117,7 @@ class Settings:
         """What one request may cost, as the runtime checks it."""
         return Limits(
             max_sequences=self.max_sequences,
+            max_image_pixels=self.max_image_pixels,
             max_response_values=self.max_response_bytes // JSON_BYTES_PER_NUMBER,
             max_new_tokens=self.max_new_tokens,
             default_new_tokens=min(100, self.max_new_tokens),

@@ -1,19 +1,32 @@
 """The wire format: request bodies in, response shapes out, as the clients in use expect them.
 
-Requests: `{"inputs": ..., "parameters": {...}}` as JSON (any `application/json` media type, with
-parameters such as charset), or the older form with task fields beside a null `inputs`.
+Requests, decoded by the task's input kind (`Pipeline.input_kind`):
+- JSON `{"inputs": ..., "parameters": {...}}` (any `application/json` media type, with parameters
+  such as charset), or the older form with task fields beside a null `inputs`; for image tasks
+  `inputs` is the image as base64 (plain or a `data:` URL), or a list of them;
+- for image (and, later, audio) tasks, the file itself as the body: `image/*`,
+  `application/octet-stream`, or no Content-Type at all (what `InferenceClient` sends for bytes),
+  with parameters from the query string (`?top_k=3&threshold=0.5`), typed by the task's struct.
 Responses: what the runtime pipeline returns, except where a client parses another shape (see
 `adapt`).
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import re
 from typing import Any, TypeVar
+from urllib.parse import parse_qs
 
 import msgspec
 import numpy as np
+from PIL import Image
 
+from runtime import InputKind, Pipeline
+from runtime.errors import InvalidInput
+from runtime.images import decode_base64_image
+from runtime.tasks.base import parse_parameters, type_name
 from server.errors import BadRequest, ResponseTooLarge, UnsupportedMediaType
 
 S = TypeVar("S", bound=msgspec.Struct)
@@ -59,9 +72,54 @@ def _split(payload: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     return inputs, parameters
 
 
-def decode(content_type: str | None, body: bytes, task: str) -> tuple[Any, dict[str, Any]]:
+FILE_MEDIA = {InputKind.IMAGE: "image/", InputKind.AUDIO: "audio/"}
+
+
+def decode(
+    content_type: str | None, body: bytes, pipeline: Pipeline, query: bytes | str = b""
+) -> tuple[Any, dict[str, Any]]:
     """`(inputs, parameters)` of a request, or a typed error that says what is wrong with it."""
-    return _split(_object(content_type, body, task))
+    kind, task = pipeline.input_kind, pipeline.task
+    prefix = FILE_MEDIA.get(kind)
+    if prefix is None:
+        return _split(_object(content_type, body, task))
+    media = media_type(content_type)
+    if media.startswith(prefix) or media == "application/octet-stream" or (not media and not _json_like(body)):
+        if not body:
+            raise BadRequest(f"the request body is empty; send the {kind} file")
+        return body, query_parameters(query, pipeline.Parameters)
+    if media and media not in JSON_TYPES and not media.endswith("+json"):
+        raise UnsupportedMediaType(
+            f"{task} takes the {kind} file ({prefix}*, application/octet-stream) or JSON with base64 `inputs`; "
+            f"got {media!r}"
+        )
+    inputs, parameters = _split(_object(content_type, body, task))
+    return _file_inputs(inputs, kind), parameters
+
+
+def _json_like(body: bytes) -> bool:
+    return body.lstrip()[:1] in (b"{", b"[")
+
+
+def _file_inputs(inputs: Any, kind: InputKind) -> Any:
+    """JSON `inputs` of a file task: a base64 string (or a list of them) -> the file's bytes."""
+    if isinstance(inputs, str):
+        return decode_base64_image(inputs)
+    if isinstance(inputs, list) and inputs and all(isinstance(item, str) for item in inputs):
+        return [decode_base64_image(item) for item in inputs]
+    raise InvalidInput(f"`inputs` must be the {kind} as base64, or a list of them; got {type_name(inputs)}")
+
+
+def query_parameters(query: bytes | str, kind: type[msgspec.Struct]) -> dict[str, Any]:
+    """Parameters from a query string, typed by the task's struct (`top_k=3` -> 3); a repeated
+    name is a list (`candidate_labels=cat&candidate_labels=dog`)."""
+    text = query.decode("latin-1") if isinstance(query, bytes) else query
+    raw: dict[str, Any] = {
+        name: values[0] if len(values) == 1 else values
+        for name, values in parse_qs(text, keep_blank_values=True).items()
+    }
+    typed = parse_parameters(kind, raw, strict=False)
+    return {name: getattr(typed, name) for name in raw}
 
 
 def decode_generation(content_type: str | None, body: bytes, task: str) -> tuple[Any, dict[str, Any], bool]:
@@ -100,6 +158,10 @@ def _builtin(value: Any) -> Any:
         return value.tolist()
     if isinstance(value, np.generic):
         return value.item()
+    if isinstance(value, Image.Image):  # segmentation masks: base64 PNG, as the clients decode them
+        png = io.BytesIO()
+        value.save(png, format="PNG")
+        return base64.b64encode(png.getvalue()).decode()
     raise NotImplementedError(f"cannot encode {type(value).__name__} as JSON")
 
 

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -52,6 +53,45 @@ def artifacts(
         ).directory
         for key, path in tiny_models.items()
     }
+
+
+class OnDemand:
+    """Build (or compile, or start) each thing the first time a test asks for it, once a session:
+    the suite's cost grows with what its tests use, not with the number of tasks."""
+
+    def __init__(self, make: Callable[..., Any]) -> None:
+        self.make = make
+        self.made: dict[tuple[Any, ...], Any] = {}
+
+    def __call__(self, *key: Any) -> Any:
+        if key not in self.made:
+            self.made[key] = self.make(*key)
+        return self.made[key]
+
+
+@pytest.fixture(scope="session")
+def vision_models(tmp_path_factory: pytest.TempPathFactory) -> OnDemand:
+    """`vision_models(task, arch)`: a tiny random vision model directory (tests/support/vision.py)."""
+    from tests.support.vision import build_vision
+
+    root = tmp_path_factory.mktemp("vision-models")
+    return OnDemand(lambda task, arch: build_vision(task, arch, root / f"{arch}-{task}"))
+
+
+@pytest.fixture(scope="session")
+def vision_artifacts(vision_models: OnDemand, tmp_path_factory: pytest.TempPathFactory) -> OnDemand:
+    """`vision_artifacts(task, arch)`: that model compiled to fp32."""
+    from compile import CompileOptions, Precision, Progress, compile_model
+
+    root = tmp_path_factory.mktemp("vision-artifacts")
+    options = CompileOptions(precision=Precision.FP32)
+
+    def build(task: str, arch: str) -> Path:
+        return compile_model(
+            vision_models(task, arch), root / f"{arch}-{task}", options, Progress(quiet=True)
+        ).directory
+
+    return OnDemand(build)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from runtime.tasks.base import Pipeline
+from runtime.tasks.base import InputKind, Pipeline
 
 SYNONYMS: dict[str, str] = {
     "sentiment-analysis": "text-classification",
@@ -18,6 +18,7 @@ SYNONYMS: dict[str, str] = {
     "sentence-embedding": "sentence-embeddings",
     "conversational": "text-generation",
     "text2text": "text2text-generation",
+    "semantic-segmentation": "image-segmentation",
 }
 
 _REGISTRY: dict[str, type[Pipeline]] = {}
@@ -45,9 +46,20 @@ def pipeline_class(task: str) -> type[Pipeline] | None:
     return _REGISTRY.get(canonical(task))
 
 
+def input_kind(task: str) -> InputKind:
+    """What `task` takes: the one declaration the server, compile and the tests read."""
+    cls = pipeline_class(task)
+    if cls is None:
+        raise KeyError(f"no pipeline for task {task!r}")
+    return cls.input_kind
+
+
 from runtime.tasks import (  # noqa: E402  (the modules register themselves on import)
     feature_extraction,
     fill_mask,
+    image_classification,
+    image_segmentation,
+    object_detection,
     question_answering,
     ranking,
     sentence_embeddings,
@@ -55,6 +67,7 @@ from runtime.tasks import (  # noqa: E402  (the modules register themselves on i
     text_generation,
     token_classification,
     zero_shot_classification,
+    zero_shot_image_classification,
 )
 
 __all__ = [
@@ -63,6 +76,10 @@ __all__ = [
     "canonical",
     "feature_extraction",
     "fill_mask",
+    "image_classification",
+    "image_segmentation",
+    "input_kind",
+    "object_detection",
     "pipeline_class",
     "question_answering",
     "ranking",
@@ -73,4 +90,5 @@ __all__ = [
     "text_generation",
     "token_classification",
     "zero_shot_classification",
+    "zero_shot_image_classification",
 ]

@@ -1,14 +1,15 @@
-"""The shared shape of every task pipeline: parse parameters, encode, run the graph, post-process.
+"""The shared shape of every task pipeline: parse parameters, preprocess, run the graph, postprocess.
 
-A task module subclasses `Pipeline` and fills in only what differs: its `Parameters` struct, its
-`predict`, and an `example` used to warm the session up.
+A task module subclasses `TextPipeline` or `ImagePipeline` (runtime.tasks.vision) and fills in only
+what differs: its `Parameters` struct, its hooks, and an `example` used to warm the session up.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -17,7 +18,7 @@ import numpy as np
 from tokenizers import Encoding
 
 from runtime.artifact import Manifest
-from runtime.errors import InvalidInput, InvalidParameter, Unprocessable
+from runtime.errors import ArtifactError, InvalidInput, InvalidParameter, Unprocessable
 from runtime.session import OnnxModel, SessionOptions
 from runtime.text import TextTokenizer
 
@@ -28,14 +29,15 @@ class NoParameters(msgspec.Struct, forbid_unknown_fields=True):
     pass
 
 
-def parse_parameters(kind: type[P], parameters: dict[str, Any]) -> P:
-    """Check parameters against the task's struct: unknown names and wrong types are `InvalidParameter`."""
+def parse_parameters(kind: type[P], parameters: Mapping[str, Any], *, strict: bool = True) -> P:
+    """Check parameters against the task's struct: unknown names and wrong types are `InvalidParameter`.
+    Not `strict`: strings are converted (parameters from a query string)."""
     unknown = sorted(set(parameters) - set(kind.__struct_fields__))
     if unknown:
         known = ", ".join(kind.__struct_fields__) or "none"
         raise InvalidParameter(f"unknown parameter(s) {', '.join(unknown)}; this task takes: {known}")
     try:
-        return msgspec.convert(parameters, type=kind, strict=True)
+        return msgspec.convert(parameters, type=kind, strict=strict)
     except msgspec.ValidationError as exc:
         raise InvalidParameter(f"invalid parameter: {exc}".replace("`$.", "`parameters.")) from None
 
@@ -78,12 +80,14 @@ class Limits:
 
     - `max_sequences`: model rows one request may need (question-answering and token-classification
       windows, zero-shot text x label pairs, inputs);
+    - `max_image_pixels`: width x height of one image, read from its header before decoding;
     - `max_response_values`: numbers in one answer (per-token feature-extraction, `/tokenize`);
     - generation: `max_new_tokens` (and the default when a request names none), seconds of
       generation, beams, stop sequences, and the bytes of key/value cache that beams x length need.
     """
 
     max_sequences: int = 256
+    max_image_pixels: int = 40_000_000
     max_response_values: int = 2_000_000
     max_new_tokens: int = 1024
     default_new_tokens: int = 100
@@ -93,10 +97,29 @@ class Limits:
     max_kv_cache_bytes: int = 2 << 30
 
 
+class InputKind(StrEnum):
+    """What a task takes. The server's request decoding, compile's reference inputs and the tests
+    all read a task's kind from its pipeline class (`Pipeline.input_kind`), and nowhere else."""
+
+    TEXT = "text"
+    IMAGE = "image"
+    AUDIO = "audio"
+    TABLE = "table"
+    IMAGE_TEXT = "image+text"
+    ANY = "any"
+
+
 class Pipeline:
-    """A compiled model behind the transformers pipeline call: `pipe(inputs, **parameters)`."""
+    """A compiled model behind the transformers pipeline call: `pipe(inputs, **parameters)`.
+
+    A call is `preprocess` (inputs -> model items, and what postprocessing needs), `core` (items ->
+    one output dict per item: the only code that runs ONNX Runtime, and the unit a batcher can call
+    with many requests' items at once), then `postprocess`. A task module overrides those hooks;
+    the text tasks written before this split override `predict` and call `core` themselves.
+    """
 
     task: ClassVar[str]
+    input_kind: ClassVar[InputKind] = InputKind.TEXT
     Parameters: ClassVar[type[msgspec.Struct]] = NoParameters
     example: ClassVar[tuple[Any, dict[str, Any]]] = ("Hello world.", {})
     max_batch_size: ClassVar[int] = 32
@@ -107,7 +130,6 @@ class Pipeline:
         self.manifest = manifest
         self.options = options
         self.model = OnnxModel(directory / manifest.model_file, options)
-        self.tokenizer = TextTokenizer(directory / "tokenizer.json", manifest.tokenizer)
         self.config: dict[str, Any] = json.loads((directory / "config.json").read_text())
         # Dynamic int8 scales activations per tensor, so a batch's other rows (and its padding)
         # would move each input's result: int8 runs one input at a time, exact whatever the batch.
@@ -117,6 +139,19 @@ class Pipeline:
         return self.predict(inputs, parse_parameters(self.Parameters, parameters))
 
     def predict(self, inputs: Any, params: Any) -> Any:
+        items, context = self.preprocess(inputs, params)
+        self.check_sequences(len(items))
+        return self.postprocess(self.core(items), context, params)
+
+    def preprocess(self, inputs: Any, params: Any) -> tuple[list[Any], Any]:
+        """Inputs -> (model items, what `postprocess` needs of the request)."""
+        raise NotImplementedError
+
+    def core(self, items: Sequence[Any]) -> list[dict[str, np.ndarray]]:
+        """Run the graph: one output dict per item, in order."""
+        raise NotImplementedError
+
+    def postprocess(self, outputs: list[dict[str, np.ndarray]], context: Any, params: Any) -> Any:
         raise NotImplementedError
 
     def warmup(self) -> None:
@@ -127,29 +162,6 @@ class Pipeline:
     def labels(self) -> list[str]:
         id2label = self.config.get("id2label") or {}
         return [str(id2label.get(str(i), f"LABEL_{i}")) for i in range(len(id2label))]
-
-    def forward(self, encodings: Sequence[Encoding]) -> list[dict[str, np.ndarray]]:
-        """Run the graph on encodings in length-sorted batches; one output dict per encoding.
-
-        Per-token outputs are cut back to each encoding's own length, so callers never see padding.
-        """
-        self.check_sequences(len(encodings))
-        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
-        results: list[dict[str, np.ndarray]] = [{} for _ in encodings]
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start : start + self.batch_size]
-            feeds = self.tokenizer.batch([encodings[i] for i in rows])
-            outputs = self.model.run(feeds)
-            width = feeds["input_ids"].shape[1]
-            left = self.tokenizer.info.padding_side == "left"
-            for j, i in enumerate(rows):
-                n = len(encodings[i].ids)
-                cols = slice(width - n, width) if left else slice(0, n)
-                results[i] = {
-                    name: value[j, cols] if value.ndim >= 2 and value.shape[1] == width else value[j]
-                    for name, value in outputs.items()
-                }
-        return results
 
     def check_sequences(self, count: int, what: str = "the request needs") -> None:
         """Refuse work of more model rows than `limits.max_sequences`, before it is done."""
@@ -162,10 +174,46 @@ class Pipeline:
     def describe(self) -> dict[str, Any]:
         return {
             "task": self.task,
+            "input_kind": str(self.input_kind),
             "backend": self.manifest.backend,
             "precision": self.manifest.precision,
             "optimization": self.manifest.optimization,
             "provider": self.model.provider,
-            "max_input_tokens": self.tokenizer.max_length,
             "model_batch_size": self.batch_size,
         }
+
+
+class TextPipeline(Pipeline):
+    """A pipeline over a tokenizer: its items are `Encoding`s, padded into batches by `core`."""
+
+    def __init__(self, directory: Path, manifest: Manifest, options: SessionOptions) -> None:
+        super().__init__(directory, manifest, options)
+        if manifest.tokenizer is None:
+            raise ArtifactError(f"{directory} has no tokenizer, which task {manifest.task} needs")
+        self.tokenizer = TextTokenizer(directory / "tokenizer.json", manifest.tokenizer)
+
+    def core(self, items: Sequence[Encoding]) -> list[dict[str, np.ndarray]]:
+        """Run the graph on encodings in length-sorted batches; one output dict per encoding.
+
+        Per-token outputs are cut back to each encoding's own length, so callers never see padding.
+        """
+        self.check_sequences(len(items))
+        order = sorted(range(len(items)), key=lambda i: len(items[i].ids))
+        results: list[dict[str, np.ndarray]] = [{} for _ in items]
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            feeds = self.tokenizer.batch([items[i] for i in rows])
+            outputs = self.model.run(feeds)
+            width = feeds["input_ids"].shape[1]
+            left = self.tokenizer.info.padding_side == "left"
+            for j, i in enumerate(rows):
+                n = len(items[i].ids)
+                cols = slice(width - n, width) if left else slice(0, n)
+                results[i] = {
+                    name: value[j, cols] if value.ndim >= 2 and value.shape[1] == width else value[j]
+                    for name, value in outputs.items()
+                }
+        return results
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "max_input_tokens": self.tokenizer.max_length}

@@ -42,7 +42,7 @@ class FeatureExtractionPipeline(SentenceEmbedder):
                 f"{self.limits.max_response_values}: send fewer or shorter texts"
             )
         results = []
-        for output in self.forward(encodings):
+        for output in self.core(encodings):
             hidden = output["last_hidden_state"]
             results.append([(normalize(hidden) if params.normalize else hidden).tolist()])
         return results[0] if single else results

@@ -9,7 +9,7 @@ import numpy as np
 
 from runtime.errors import InvalidInput, InvalidParameter
 from runtime.tasks import register
-from runtime.tasks.base import Pipeline, softmax, texts_of
+from runtime.tasks.base import TextPipeline, softmax, texts_of
 
 
 class FillMaskParameters(msgspec.Struct, forbid_unknown_fields=True):
@@ -19,7 +19,7 @@ class FillMaskParameters(msgspec.Struct, forbid_unknown_fields=True):
 
 
 @register("fill-mask")
-class FillMaskPipeline(Pipeline):
+class FillMaskPipeline(TextPipeline):
     """`[{"score", "token", "token_str", "sequence"}]` per mask; a list of those for several masks."""
 
     Parameters = FillMaskParameters
@@ -57,7 +57,7 @@ class FillMaskPipeline(Pipeline):
             if mask_id not in encoding.ids:
                 raise InvalidInput(f"no mask token ({mask}) found in the input: {text[:80]!r}")
         results = []
-        for encoding, output in zip(encodings, self.forward(encodings)):
+        for encoding, output in zip(encodings, self.core(encodings)):
             ids = np.array(encoding.ids)
             positions = np.nonzero(ids == mask_id)[0]
             probs = softmax(output["logits"][positions])

@@ -14,7 +14,7 @@ from tokenizers import Encoding
 
 from runtime.errors import InvalidInput, InvalidParameter, Unprocessable
 from runtime.tasks import register
-from runtime.tasks.base import Pipeline, type_name
+from runtime.tasks.base import TextPipeline, type_name
 
 
 class QuestionAnsweringParameters(msgspec.Struct, forbid_unknown_fields=True):
@@ -63,7 +63,7 @@ def decode_spans(
 
 
 @register("question-answering")
-class QuestionAnsweringPipeline(Pipeline):
+class QuestionAnsweringPipeline(TextPipeline):
     """`{"answer", "score", "start", "end"}`, or a list of them best first when `top_k` > 1."""
 
     Parameters = QuestionAnsweringParameters
@@ -95,7 +95,7 @@ class QuestionAnsweringPipeline(Pipeline):
         except Exception as exc:  # tokenizers raises a bare Exception when the question leaves no room
             raise Unprocessable(f"the question is too long for `max_seq_len` {max_seq_len}: {exc}") from None
         windows = [[e, *e.overflowing] for e in encoded]
-        outputs = iter(self.forward([w for group in windows for w in group]))
+        outputs = iter(self.core([w for group in windows for w in group]))
         results = []
         for (_, context), group in zip(examples, windows):
             spans = [(w, next(outputs)) for w in group]

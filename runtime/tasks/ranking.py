@@ -15,7 +15,7 @@ import numpy as np
 
 from runtime.errors import InvalidInput, InvalidParameter
 from runtime.tasks import register
-from runtime.tasks.base import Pipeline, sigmoid, texts_of, type_name
+from runtime.tasks.base import TextPipeline, sigmoid, texts_of, type_name
 
 
 class RankingParameters(msgspec.Struct, forbid_unknown_fields=True):
@@ -31,7 +31,7 @@ def _is_pair(value: Any) -> bool:
 
 
 @register("ranking")
-class RankingPipeline(Pipeline):
+class RankingPipeline(TextPipeline):
     Parameters = RankingParameters
     example = (["What is the capital of France?", "Paris is the capital of France."], {})
 
@@ -47,7 +47,7 @@ class RankingPipeline(Pipeline):
         truncation = next((t for t in (params.truncate, params.truncation) if t is not None), True)
         queries, texts = [p[0] for p in pairs], [p[1] for p in pairs]
         encodings = self.tokenizer.encode(queries, texts, truncation=truncation, direction=direction)
-        logits = np.array([output["logits"][0] for output in self.forward(encodings)], dtype=np.float32)
+        logits = np.array([output["logits"][0] for output in self.core(encodings)], dtype=np.float32)
         return logits if params.raw_scores or self.activation == "none" else sigmoid(logits)
 
     def predict(self, inputs: Any, params: RankingParameters) -> Any:

@@ -19,7 +19,7 @@ from runtime.artifact import SentencePooling
 from runtime.errors import InvalidInput, InvalidParameter
 from runtime.pooling import normalize, pool
 from runtime.tasks import register
-from runtime.tasks.base import Pipeline, texts_of
+from runtime.tasks.base import TextPipeline, texts_of
 
 PLAIN_MODEL_POOLING = SentencePooling(modes=["mean"], normalize=False)
 
@@ -41,7 +41,7 @@ def similarity_inputs(inputs: dict[str, Any]) -> tuple[str, list[str]]:
     return source, texts
 
 
-class SentenceEmbedder(Pipeline):
+class SentenceEmbedder(TextPipeline):
     """What the embedding tasks share; `embed` is the one path to vectors."""
 
     Parameters = EmbeddingParameters
@@ -73,7 +73,7 @@ class SentenceEmbedder(Pipeline):
         if prompt and not self.pooling.include_prompt:
             skip = len(self.tokenizer.encode([prompt])[0].ids) - 1
         vectors = []
-        for encoding, output in zip(encodings, self.forward(encodings)):
+        for encoding, output in zip(encodings, self.core(encodings)):
             mask = np.ones((1, len(encoding.ids)), dtype=np.int64)
             mask[0, :skip] = 0
             vectors.append(pool(output["last_hidden_state"][None], mask, self.pooling.modes)[0])

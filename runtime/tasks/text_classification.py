@@ -9,7 +9,7 @@ import numpy as np
 
 from runtime.errors import InvalidInput, InvalidParameter
 from runtime.tasks import register
-from runtime.tasks.base import Pipeline, sigmoid, softmax, type_name
+from runtime.tasks.base import TextPipeline, sigmoid, softmax, type_name
 
 FUNCTIONS = ("softmax", "sigmoid", "none")
 
@@ -48,7 +48,7 @@ def _pairs(inputs: Any) -> tuple[list[str], list[str] | None, bool]:
 
 
 @register("text-classification")
-class TextClassificationPipeline(Pipeline):
+class TextClassificationPipeline(TextPipeline):
     """One result list per input, best label first.
 
     Unlike transformers, which answers a dict for a lone pair and flattens lists when `top_k` is
@@ -84,7 +84,7 @@ class TextClassificationPipeline(Pipeline):
         encodings = self.tokenizer.encode(texts, pairs, truncation=params.truncation)
         results = []
         labels = self.labels
-        for output in self.forward(encodings):
+        for output in self.core(encodings):
             logits = output["logits"]
             scores = softmax(logits) if function == "softmax" else sigmoid(logits) if function == "sigmoid" else logits
             order = np.argsort(-scores, kind="stable")[:top_k]

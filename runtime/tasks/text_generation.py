@@ -24,7 +24,7 @@ from runtime.errors import InvalidInput, InvalidParameter, Unprocessable
 from runtime.generation import Generator, Sampling, beam_search
 from runtime.session import OnnxModel
 from runtime.tasks import register
-from runtime.tasks.base import Pipeline, type_name
+from runtime.tasks.base import TextPipeline, type_name
 
 
 class GenerationParameters(msgspec.Struct, forbid_unknown_fields=True):
@@ -92,7 +92,7 @@ class Finished:
     seed: int | None
 
 
-class GenerativePipeline(Pipeline):
+class GenerativePipeline(TextPipeline):
     """Shared by every generative task: parameters, sampling, streaming, stop sequences."""
 
     output_key: ClassVar[str] = "generated_text"

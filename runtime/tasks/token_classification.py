@@ -14,7 +14,7 @@ from tokenizers import Encoding
 
 from runtime.errors import InvalidParameter
 from runtime.tasks import register
-from runtime.tasks.base import Pipeline, softmax, texts_of
+from runtime.tasks.base import TextPipeline, softmax, texts_of
 
 STRATEGIES = ("none", "simple", "first", "average", "max")
 
@@ -32,7 +32,7 @@ def _tag(name: str) -> tuple[str, str]:
 
 
 @register("token-classification")
-class TokenClassificationPipeline(Pipeline):
+class TokenClassificationPipeline(TextPipeline):
     """A list of entities per input: `entity` per token, or `entity_group` once aggregated."""
 
     Parameters = TokenClassificationParameters
@@ -53,7 +53,7 @@ class TokenClassificationPipeline(Pipeline):
         for encoding in self.tokenizer.encode(texts, stride=params.stride or 0):
             windows.append([encoding, *encoding.overflowing] if params.stride is not None else [encoding])
         flat = [window for group in windows for window in group]
-        outputs = iter(self.forward(flat))
+        outputs = iter(self.core(flat))
         results = []
         for text, group in zip(texts, windows):
             entities = []

@@ -9,7 +9,7 @@ import numpy as np
 
 from runtime.errors import InvalidParameter, Unprocessable
 from runtime.tasks import register
-from runtime.tasks.base import Pipeline, softmax, texts_of
+from runtime.tasks.base import TextPipeline, softmax, texts_of
 
 
 class ZeroShotParameters(msgspec.Struct, forbid_unknown_fields=True):
@@ -30,7 +30,7 @@ def parse_labels(labels: list[str] | str | None) -> list[str]:
 
 
 @register("zero-shot-classification")
-class ZeroShotClassificationPipeline(Pipeline):
+class ZeroShotClassificationPipeline(TextPipeline):
     """`{"sequence", "labels", "scores"}` per input, labels best first (the transformers shape)."""
 
     Parameters = ZeroShotParameters
@@ -55,7 +55,7 @@ class ZeroShotClassificationPipeline(Pipeline):
         encodings = self.tokenizer.encode(
             premises, hypotheses * len(texts), truncation=params.truncation, strategy="only_first"
         )
-        logits = np.stack([output["logits"] for output in self.forward(encodings)])
+        logits = np.stack([output["logits"] for output in self.core(encodings)])
         logits = logits.reshape(len(texts), len(labels), -1)
         entail = self.entailment_id
         if params.multi_label or len(labels) == 1:

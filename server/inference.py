@@ -1,0 +1,79 @@
+"""The contract's own routes: `POST /` and `/predict`, `/health`, `/info`, `/metrics`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Response, get, post
+
+from runtime.tasks.text_generation import GenerativePipeline
+from runtime.versions import installed
+from server import wire
+from server.docs import InferenceRequest, documented
+from server.generate import predict_generation
+from server.routing import answer, observe, require_token
+from server.service import Service
+
+
+@post(
+    ["/", "/predict"], status_code=200, guards=[require_token], middleware=[observe], summary="Run the model",
+    **documented(InferenceRequest),
+)  # fmt: skip
+async def predict(request: Request[Any, Any, Any], service: Service) -> Response[Any]:
+    """Inference for the served task: `{"inputs": ..., "parameters": {...}}` in, the task's shape out."""
+    pipeline = service.ready()
+    if isinstance(pipeline, GenerativePipeline):
+        generated = await predict_generation(request, service, pipeline)
+        return generated if isinstance(generated, Response) else answer(service, generated)
+    content_type, query = request.headers.get("content-type"), request.scope["query_string"]
+    inputs, parameters = wire.decode(content_type, await request.body(), pipeline, query)
+    result = await service.infer(pipeline, inputs, parameters)
+    return answer(service, wire.adapt(pipeline.task, result, request.headers.get("user-agent")))
+
+
+@get(
+    "/health", summary="200 once the model is loaded and warm; 503 before, or when broken", **documented(errors=(503,))
+)
+async def health(service: Service) -> Response[dict[str, Any]]:
+    pipeline = service.ready()
+    return Response({"status": "ok", "task": pipeline.task})
+
+
+@get(
+    "/info", guards=[require_token], summary="What is served, how it was compiled, and the limits",
+    **documented(errors=(401, 503)),
+)  # fmt: skip
+async def info(service: Service) -> dict[str, Any]:
+    pipeline = service.ready()
+    manifest = pipeline.manifest
+    settings = service.settings
+    described = pipeline.describe()
+    return {
+        "model": manifest.source.model,
+        "revision": manifest.source.revision,
+        "artifact": str(service.artifact),
+        **described,
+        "device": settings.device or manifest.device,
+        "validation": manifest.validation,
+        "compiled_with": manifest.versions,
+        "versions": installed("onnxruntime", "onnxruntime-gpu", "tokenizers", "numpy", "litestar"),
+        "limits": {
+            "max_body_bytes": settings.max_body_bytes,
+            "max_concurrency": service.admission.workers,
+            "max_queue": service.admission.capacity - service.admission.workers,
+            "max_input_tokens": described.get("max_input_tokens"),
+            "max_image_pixels": settings.max_image_pixels,
+        },
+        "ready_after_seconds": service.ready_after,
+    }
+
+
+@get(
+    "/metrics", guards=[require_token], summary="Prometheus text format", media_type="text/plain; version=0.0.4",
+    **documented(errors=(401,)),
+)  # fmt: skip
+async def metrics(service: Service) -> bytes:
+    return service.metrics.render()
+
+
+ROUTES = [predict, health, info, metrics]

@@ -1,0 +1,94 @@
+"""The served model and what serving it needs, with no web framework: loading (and compiling on a
+first start), readiness, bounded admission onto worker threads, and metrics.
+
+Litestar's routes drive it today; a batcher and a Ray Serve replica can drive the same object.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import runtime
+from runtime import Pipeline
+from server import model as model_source
+from server import wire
+from server.admission import Admission
+from server.errors import BatchTooLarge, NotReady
+from server.metrics import Metrics
+from server.settings import Settings
+
+log = logging.getLogger("kiln.server")
+T = TypeVar("T")
+
+
+class Service:
+    """The served model and what serving it needs: readiness, admission, metrics."""
+
+    def __init__(self, settings: Settings, on_fatal: Callable[[], None] | None = None) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.admission = Admission(settings.max_concurrency, settings.max_queue, self.metrics)
+        self.pipeline: Pipeline | None = None
+        self.artifact: Path | None = None
+        self.failure: str | None = None
+        self.closing = False
+        self.on_fatal = on_fatal
+        self.started = time.monotonic()
+        self.ready_after: float | None = None
+
+    def load(self) -> None:
+        """Blocking: compile if needed, load, warm up. Runs on a worker thread at start-up."""
+        try:
+            self.artifact = model_source.prepare(self.settings)
+            pipeline = runtime.load(
+                self.artifact,
+                device=self.settings.device,
+                threads=self.settings.threads,
+                spinning=self.settings.spinning,
+            )
+            pipeline.limits = self.settings.limits()
+            pipeline.warmup()
+        except Exception as exc:
+            self.failure = f"the model failed to load: {exc}"
+            log.error(self.failure, exc_info=not isinstance(exc, runtime.KilnError))
+            if self.on_fatal is not None:
+                self.on_fatal()
+            return
+        self.pipeline = pipeline
+        self.ready_after = time.monotonic() - self.started
+        log.info("ready: %s from %s in %.2f s", pipeline.task, self.artifact, self.ready_after)
+
+    def ready(self) -> Pipeline:
+        if self.closing:
+            raise NotReady("the server is shutting down")
+        if self.failure is not None:
+            raise NotReady(self.failure)
+        if self.pipeline is None:
+            raise NotReady("the model is loading; retry shortly")
+        return self.pipeline
+
+    async def run(self, task: str, batch: int, fn: Callable[[], T]) -> T:
+        """Run blocking model work through admission, after checking the client's batch size."""
+        limit = self.settings.max_client_batch
+        if batch > limit:
+            raise BatchTooLarge(f"the request holds {batch} inputs; this server takes at most {limit} per request")
+        self.metrics.batch_size.labels(task).observe(batch)
+
+        def call() -> T:
+            start = time.perf_counter()
+            result = fn()
+            self.metrics.inference.labels(task).observe(time.perf_counter() - start)
+            return result
+
+        return await self.admission.run(call)
+
+    async def infer(self, pipeline: Pipeline, inputs: Any, parameters: dict[str, Any]) -> Any:
+        return await self.run(pipeline.task, wire.batch_size(inputs), lambda: pipeline(inputs, **parameters))
+
+    @property
+    def task_label(self) -> str:
+        return self.pipeline.task if self.pipeline else (self.settings.task or "unknown")
