@@ -29,7 +29,7 @@ test: setup
 
 # The benchmark suite; writes results/ (quick: `make bench QUICK=1`).
 bench: setup
-	HF_HUB_OFFLINE=1 $(BIN)/kiln bench $(if $(QUICK),--quick)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m kiln bench $(if $(QUICK),--quick)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -41,8 +41,19 @@ def log(message: str) -> None:
     print(f"kiln bench: {message}", flush=True)
 
 
+def tiny_model_builder() -> Callable[[str, str, Path], Path]:
+    """The tests' tiny-model factory: `kiln bench` runs from a kiln checkout, where tests/ is."""
+    try:
+        from tests.support.models import build
+    except ImportError:
+        raise SystemExit(
+            "kiln bench runs from a kiln checkout: it builds the tests' tiny models (tests/support)"
+        ) from None
+    return build
+
+
 def run(out: Path, *, quick: bool, device: str, say: Callable[[str], None] = log) -> dict[str, Any]:
-    from kiln.tiny_models import build
+    build = tiny_model_builder()
     from server.settings import default_model
 
     started = time.monotonic()
@@ -92,7 +103,7 @@ def generate(work: Path, *, quick: bool, say: Callable[[str], None]) -> list[gen
 
     import transformers
 
-    from kiln.tiny_models import build
+    build = tiny_model_builder()
 
     rows = []
     for arch in ("llama",) if quick else ("llama", "gpt2"):

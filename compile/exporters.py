@@ -196,7 +196,10 @@ def text_reference(context: BuildContext) -> Reference:
             )
         info = tokenizer_info(tokenizer, torch_model.config, sentence.max_seq_length(model_dir))
         names = context.graph_inputs()
-        feeds = [{k: v for k, v in b.items() if k in names} for b in validate.batches(tokenizer, spec, info.max_length)]
+        feeds = [
+            {k: v for k, v in b.items() if k in names}
+            for b in validate.batches(tokenizer, spec, min(info.max_length, 256))
+        ]
         outputs = run_torch(torch_model, feeds, spec.outputs)
     calibration = [
         {k: np.asarray(v, dtype=np.int64) for k, v in tokenizer([text], return_tensors="np").items() if k in names}

@@ -66,18 +66,29 @@ def _inline(schema: dict[str, Any]) -> dict[str, Any]:
     return resolve(schema)  # type: ignore[no-any-return]
 
 
+# what `POST /` takes besides JSON, for the tasks whose input is a file (parameters in the query string)
+FILE_BODIES = ("image/*", "audio/*", "application/octet-stream")
+
+
 def documented(
     body: type[msgspec.Struct] | None = None,
     errors: tuple[int, ...] = INFERENCE_ERRORS,
-    media_type: str = "application/json",
+    *,
+    files: bool = False,
 ) -> dict[str, Any]:
-    """Keyword arguments for a route decorator: the body's schema and the error responses."""
+    """Keyword arguments for a route decorator: the body's schema (JSON, and raw files where the
+    route takes them) and the error responses."""
     responses = {
         status: ResponseSpec(ErrorBody, description=ERRORS[status], generate_examples=False) for status in errors
     }
     if body is None:
         return {"responses": responses}
-    content = {media_type: OpenAPIMediaType(schema=_inline(msgspec.json.schema(body)))}  # type: ignore[arg-type]
+    content: dict[str, OpenAPIMediaType] = {
+        "application/json": OpenAPIMediaType(schema=_inline(msgspec.json.schema(body)))  # type: ignore[arg-type]
+    }
+    if files:
+        binary: Any = {"type": "string", "format": "binary"}
+        content |= {media: OpenAPIMediaType(schema=binary) for media in FILE_BODIES}
 
     @dataclass
     class WithBody(Operation):

@@ -17,7 +17,7 @@ from server.service import Service
 
 @post(
     ["/", "/predict"], status_code=200, guards=[require_token], middleware=[observe], summary="Run the model",
-    **documented(InferenceRequest),
+    **documented(InferenceRequest, files=True),
 )  # fmt: skip
 async def predict(request: Request[Any, Any, Any], service: Service) -> Response[Any]:
     """Inference for the served task: `{"inputs": ..., "parameters": {...}}` in, the task's shape out."""

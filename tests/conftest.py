@@ -15,13 +15,13 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import httpx
 import pytest
 
 from benchmarks.server import free_port
-from kiln.tiny_models import SPECS, build
+from tests.support.models import ARCHS, build
 
 ROOT = Path(__file__).resolve().parents[1]
 KILN = [sys.executable, "-m", "kiln"]
@@ -31,67 +31,45 @@ def offline_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **extra}
 
 
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class Lazy(dict[K, V]):
+    """A dict that makes each value the first time a test asks for its key, once a session: the
+    suite's cost grows with what its tests use, not with the number of tasks."""
+
+    def __init__(self, make: Callable[[K], V]) -> None:
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, key: K) -> V:
+        value = self[key] = self.make(key)
+        return value
+
+
 @pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Lazy[tuple[str, str], Path]:
+    """`tiny_models[task, arch]`: a tiny random model directory (tests/support/models.py)."""
     root = tmp_path_factory.mktemp("models")
-    return {
-        (task, arch): build(task, arch, root / f"{arch}-{task}") for task, spec in SPECS.items() for arch in spec.archs
-    }
+    return Lazy(lambda key: build(key[0], key[1], root / f"{key[1]}-{key[0]}"))
 
 
 @pytest.fixture(scope="session")
 def artifacts(
-    tiny_models: dict[tuple[str, str], Path], tmp_path_factory: pytest.TempPathFactory
-) -> dict[tuple[str, str], Path]:
-    """Every tiny model compiled to fp32 (with `auto`, the choice would follow this run's timings)."""
+    tiny_models: Lazy[tuple[str, str], Path], tmp_path_factory: pytest.TempPathFactory
+) -> Lazy[tuple[str, str], Path]:
+    """`artifacts[task, arch]`: that model compiled to fp32 (with `auto`, the choice would follow
+    this run's timings)."""
     from compile import CompileOptions, Precision, Progress, compile_model
 
     root = tmp_path_factory.mktemp("artifacts")
-    return {
-        key: compile_model(
-            path, root / path.name, CompileOptions(precision=Precision.FP32), Progress(quiet=True)
-        ).directory
-        for key, path in tiny_models.items()
-    }
-
-
-class OnDemand:
-    """Build (or compile, or start) each thing the first time a test asks for it, once a session:
-    the suite's cost grows with what its tests use, not with the number of tasks."""
-
-    def __init__(self, make: Callable[..., Any]) -> None:
-        self.make = make
-        self.made: dict[tuple[Any, ...], Any] = {}
-
-    def __call__(self, *key: Any) -> Any:
-        if key not in self.made:
-            self.made[key] = self.make(*key)
-        return self.made[key]
-
-
-@pytest.fixture(scope="session")
-def vision_models(tmp_path_factory: pytest.TempPathFactory) -> OnDemand:
-    """`vision_models(task, arch)`: a tiny random vision model directory (tests/support/vision.py)."""
-    from tests.support.vision import build_vision
-
-    root = tmp_path_factory.mktemp("vision-models")
-    return OnDemand(lambda task, arch: build_vision(task, arch, root / f"{arch}-{task}"))
-
-
-@pytest.fixture(scope="session")
-def vision_artifacts(vision_models: OnDemand, tmp_path_factory: pytest.TempPathFactory) -> OnDemand:
-    """`vision_artifacts(task, arch)`: that model compiled to fp32."""
-    from compile import CompileOptions, Precision, Progress, compile_model
-
-    root = tmp_path_factory.mktemp("vision-artifacts")
     options = CompileOptions(precision=Precision.FP32)
-
-    def build(task: str, arch: str) -> Path:
-        return compile_model(
-            vision_models(task, arch), root / f"{arch}-{task}", options, Progress(quiet=True)
-        ).directory
-
-    return OnDemand(build)
+    return Lazy(
+        lambda key: (
+            compile_model(tiny_models[key], root / f"{key[1]}-{key[0]}", options, Progress(quiet=True)).directory
+        )
+    )
 
 
 @pytest.fixture(scope="session")
@@ -170,6 +148,7 @@ def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
 
 
 @pytest.fixture(scope="session")
-def servers(artifacts: dict[tuple[str, str], Path], start_server: Callable[..., Server]) -> dict[str, Server]:
-    """One server per task, on each task's first tiny architecture, shared by the HTTP tests."""
-    return {task: start_server(str(artifacts[task, spec.archs[0]])) for task, spec in SPECS.items()}
+def servers(artifacts: Lazy[tuple[str, str], Path], start_server: Callable[..., Server]) -> Lazy[str, Server]:
+    """`servers[task]`: a server of the task's first tiny architecture, started when first asked
+    for and shared by the HTTP tests."""
+    return Lazy(lambda task: start_server(str(artifacts[task, ARCHS[task][0]])))

@@ -13,6 +13,7 @@ from compile import CompileOptions, Precision, Progress, TaskUnknown, Validation
 from kiln.cli import main
 from runtime.artifact import read_manifest, sha256, verify_files
 from tests.conftest import KILN, ROOT, offline_env
+from tests.support.models import ARCHS
 
 
 def kiln(*args: str) -> subprocess.CompletedProcess[str]:
@@ -100,8 +101,9 @@ def test_unknown_task_exits_2_and_lists_the_choices(tiny_models: dict, tmp_path:
 
 
 def test_task_inference(tiny_models: dict, tmp_path: Path) -> None:
-    for (task, _), path in tiny_models.items():
-        assert infer_task(path) == task  # the card's pipeline_tag
+    for task, archs in ARCHS.items():
+        for arch in archs:
+            assert infer_task(tiny_models[task, arch]) == task  # the card's pipeline_tag
     model = tmp_path / "nli"
     model.mkdir()
     labels = {"contradiction": 0, "neutral": 1, "entailment": 2}

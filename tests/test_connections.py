@@ -21,10 +21,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kiln.tiny_models import build
 from server.connections import ConnectionLimits, raise_fd_limit, within_fd_limit
 from server.settings import Settings
 from tests.conftest import Server
+from tests.support.text import build
 
 HOST = "127.0.0.1"
 PARTIAL = b"GET /health HTTP/1.1\r\nHost: x\r\n"  # one header line, never the blank line that ends them

@@ -148,15 +148,19 @@ def test_chat_completion_clients(llm: Server, artifacts: dict) -> None:
     assert completion.choices[0].text == pipe("Hello", max_new_tokens=6, return_full_text=False)[0]["generated_text"]
 
 
-def test_generation_errors_over_http(llm: Server, servers: dict[str, Server]) -> None:
+def test_generation_errors_over_http(
+    llm: Server, servers: dict[str, Server], artifacts: dict, start_server: Callable[..., Server]
+) -> None:
     too_many = httpx.post(llm.url, json={"inputs": "Hi", "parameters": {"max_new_tokens": 5000}})
     assert too_many.status_code == 422 and "at most 3000" in too_many.json()["error"]
     grammar = httpx.post(llm.url, json={"inputs": "Hi", "parameters": {"grammar": {"type": "regex", "value": "a+"}}})
     assert grammar.status_code == 422 and "grammar" in grammar.json()["error"]
-    no_template = httpx.post(
-        f"{servers['text-generation'].url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]}
-    )
-    assert no_template.status_code in (200, 422)
+    chat = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
+    with_template = httpx.post(f"{servers['text-generation'].url}/v1/chat/completions", json=chat)  # tiny Llama
+    assert with_template.status_code == 200 and with_template.json()["choices"][0]["message"]["role"] == "assistant"
+    gpt2 = start_server(str(artifacts["text-generation", "gpt2"]))  # no chat template
+    no_template = httpx.post(f"{gpt2.url}/v1/chat/completions", json=chat)
+    assert no_template.status_code == 422 and "template" in no_template.json()["error"]
     gpt2_like = httpx.post(
         f"{servers['summarization'].url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]}
     )

@@ -14,9 +14,9 @@ import pytest
 
 import runtime
 from compile import CompileOptions, Precision, Progress, ValidationFailed, compile_model
-from kiln.tiny_models import ARCHITECTURES
 from tests.cases import CASES, GENERATIVE, MASK, TRANSFORMERS_TASKS
 from tests.compare import assert_same, min_cosine
+from tests.support.text import ARCHITECTURES
 
 _REFERENCE: dict[Path, Any] = {}
 
@@ -94,26 +94,35 @@ def raw_outputs(compiled: runtime.Pipeline, model: Path, task: str) -> list[tupl
     return pairs
 
 
+# Where int8 loses its gate on these tiny random models (measured; the figures are in the refusal):
+# per-token labels (token-classification, fill-mask) and one question-answering model flip top
+# labels on a few percent of their vectors.
+INT8_REFUSED = {
+    ("token-classification", "bert"), ("token-classification", "roberta"), ("fill-mask", "bert"),
+    ("fill-mask", "roberta"), ("question-answering", "bert"),
+}  # fmt: skip
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 @pytest.mark.parametrize("task", [t for t in CASES if t not in GENERATIVE])
 def test_int8_holds_its_gate(task: str, arch: str, tiny_models: dict, tmp_path: Path) -> None:
-    """int8 is kept only when it holds its gate, and then stays near it beyond the validation inputs.
+    """int8 is kept only when it holds its gate, and then stays near it beyond the validation inputs;
+    where it is refused, the refusal says why and leaves nothing behind.
 
-    The gate (cosine >= 0.99, same top label) is measured on the validation inputs; a refused
-    int8 leaves nothing behind. On inputs compile never saw, every output vector of an accepted
-    int8 must keep cosine >= 0.98 (short span-logit vectors land just under 0.99). Labels are
-    not compared here: random tiny models score nearly every decision as a near-tie (0.35 vs
-    0.34), which any quantization noise flips; the real model's int8 labels and rankings are
-    checked in test_sentence.py.
+    The gate (cosine >= 0.99, same top label) is measured on the validation inputs. On inputs
+    compile never saw, every output vector of an accepted int8 must keep cosine >= 0.98 (short
+    span-logit vectors land just under 0.99). Labels are not compared here: random tiny models
+    score nearly every decision as a near-tie (0.35 vs 0.34), which any quantization noise flips;
+    the real model's int8 labels and rankings are checked in test_sentence.py.
     """
     out = tmp_path / "int8"
     options = CompileOptions(precision=Precision.INT8)
-    try:
-        result = compile_model(tiny_models[task, arch], out, options, Progress(quiet=True))
-    except ValidationFailed as exc:
-        assert "FAILED gate (same top label and cosine >= 0.99)" in exc.message
+    if (task, arch) in INT8_REFUSED:
+        with pytest.raises(ValidationFailed, match=r"FAILED gate \(same top label and cosine >= 0.99\)"):
+            compile_model(tiny_models[task, arch], out, options, Progress(quiet=True))
         assert not out.exists(), "a failed compile must leave no artifact behind"
         return
+    result = compile_model(tiny_models[task, arch], out, options, Progress(quiet=True))
     validation = result.manifest.validation
     assert result.manifest.precision == "int8" and validation.passed
     assert validation.min_cosine >= 0.99 and validation.label_agreement in (None, 1.0)

@@ -10,8 +10,8 @@ import pytest
 
 import runtime
 from compile import CompileOptions, Precision, Progress, compile_model
-from kiln.tiny_models import ARCHITECTURES
 from tests.sentences import GRADED_PAIRS, SENTENCES
+from tests.support.text import ARCHITECTURES
 
 _MODELS: dict[tuple[str, Path], Any] = {}
 

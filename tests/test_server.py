@@ -15,10 +15,10 @@ import pytest
 from huggingface_hub import InferenceClient
 
 import runtime
-from kiln.tiny_models import SPECS
 from tests.cases import CASES, MASK, TRANSFORMERS_TASKS
 from tests.compare import assert_same
 from tests.conftest import Server
+from tests.support.models import ARCHS
 
 RAW_UA = {"user-agent": "curl/8"}
 
@@ -29,7 +29,7 @@ def post(server: Server, payload: Any, **headers: str) -> httpx.Response:
 
 def test_inference_client_against_every_encoder_task(servers: dict[str, Server], artifacts: dict) -> None:
     pipes = {task: runtime.load(artifacts[task, "bert"]) for task in TRANSFORMERS_TASKS}
-    c = {task: InferenceClient(model=server.url) for task, server in servers.items()}
+    c = {task: InferenceClient(model=servers[task].url) for task in TRANSFORMERS_TASKS}
 
     text = "This sound track was beautiful!"
     got = c["text-classification"].text_classification(text, top_k=3)
@@ -67,7 +67,7 @@ def test_inference_client_against_every_encoder_task(servers: dict[str, Server],
 
 @pytest.mark.parametrize("task", list(CASES))
 def test_raw_http_matches_the_runtime_for_every_case(task: str, servers: dict[str, Server], artifacts: dict) -> None:
-    pipe = runtime.load(artifacts[task, SPECS[task].archs[0]])
+    pipe = runtime.load(artifacts[task, ARCHS[task][0]])
     for inputs, params in CASES[task]:
         if task == "fill-mask":
             inputs = inputs.replace(MASK, "[MASK]")

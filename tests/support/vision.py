@@ -1,6 +1,6 @@
 """Tiny random vision models, saved as ordinary model directories, and how optimum exports them.
 
-Like `kiln.tiny_models` for text: nothing reaches the Hub. Each directory holds a random
+Like `tests.support.text` for text: nothing reaches the Hub. Each directory holds a random
 `transformers` model with a small config (hidden sizes about 32, two layers or stages, images of
 32 to 96 pixels), its image processor's `preprocessor_config.json`, a tokenizer for the
 image+text models (BPE merges learnt on the spot, reproducibly, and assembled with `tokenizers`),
@@ -265,7 +265,7 @@ def _clip_tokenizer() -> Any:
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import CLIPTokenizerFast
 
-    from kiln.tiny_models import CORPUS
+    from tests.support.text import CORPUS
 
     bos, eos = "<|startoftext|>", "<|endoftext|>"
     normalizer = normalizers.Sequence(
@@ -307,7 +307,7 @@ def _siglip_tokenizer() -> Any:
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    from kiln.tiny_models import CORPUS
+    from tests.support.text import CORPUS
 
     normalizer = normalizers.Lowercase()
     pre_tokenizer = pre_tokenizers.Metaspace()

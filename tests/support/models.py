@@ -1,0 +1,24 @@
+"""The tests' tiny models, keyed by task: `build(task, arch, out)` and `ARCHS[task]`.
+
+Text models come from `tests.support.text`, vision models from `tests.support.vision`; a new kind
+of input adds its module and its tasks here. Everything is random weights and tokenizers made on
+the spot: no Hub, no download.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.support import text, vision
+
+ARCHS: dict[str, tuple[str, ...]] = {
+    **{task: spec.archs for task, spec in text.SPECS.items()},
+    **{task: archs for task, archs in vision.VISION_ARCHS.items()},
+}
+
+
+def build(task: str, arch: str, out: Path) -> Path:
+    """Write the tiny `arch` model for `task` into `out` (once: an existing directory is reused)."""
+    if task in vision.VISION_ARCHS:
+        return out if (out / "config.json").is_file() else vision.build_vision(task, arch, out)
+    return text.build(task, arch, out)
