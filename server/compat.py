@@ -11,7 +11,7 @@ through the same admission, limits and metrics as `POST /`.
 from __future__ import annotations
 
 import base64
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 import numpy as np
@@ -27,6 +27,7 @@ from server.errors import BadRequest, NotServed
 from server.routing import answer, observe, require_token
 from server.service import Service
 
+S = TypeVar("S", bound=msgspec.Struct)
 # /tokenize answers texts of up to this many model windows: enough to see what truncation cuts
 TOKENIZE_WINDOWS = 4
 
@@ -92,9 +93,8 @@ def shorten(vectors: np.ndarray, dimensions: int | None, normalized: bool) -> np
     return short / np.linalg.norm(short, axis=1, keepdims=True) if normalized else short
 
 
-async def body(request: Request[Any, Any, Any], what: str) -> bytes:
-    wire.require_json(request.headers.get("content-type"), what)
-    return await request.body()
+async def decode(request: Request[Any, Any, Any], what: str, kind: type[S]) -> S:
+    return wire.decode_json(request.headers.get("content-type"), await request.body(), what, kind)  # type: ignore[no-any-return]
 
 
 @post(
@@ -107,7 +107,7 @@ async def body(request: Request[Any, Any, Any], what: str) -> bytes:
 )
 async def openai_embeddings(request: Request[Any, Any, Any], service: Service) -> Response[bytes]:
     pipeline = embedder(service)
-    req = wire.decode_struct(await body(request, "/v1/embeddings"), OpenAIEmbeddingRequest)
+    req = await decode(request, "/v1/embeddings", OpenAIEmbeddingRequest)
     texts = [req.input] if isinstance(req.input, str) else req.input
     if not texts or not all(isinstance(t, str) for t in texts):
         raise BadRequest("`input` must be a string or a non-empty list of strings (token ids are not taken)")
@@ -139,8 +139,10 @@ async def openai_embeddings(request: Request[Any, Any, Any], service: Service) -
 )
 async def tei_embed(request: Request[Any, Any, Any], service: Service) -> Response[bytes]:
     pipeline = embedder(service)
-    req = wire.decode_struct(await body(request, "/embed"), EmbedRequest)
+    req = await decode(request, "/embed", EmbedRequest)
     texts = [req.inputs] if isinstance(req.inputs, str) else req.inputs
+    if not texts:
+        raise BadRequest("`inputs` is an empty list; send a string or a list of strings")
     params = EmbeddingParameters(
         normalize=req.normalize, truncate=req.truncate, truncation_direction=req.truncation_direction,
         prompt_name=req.prompt_name,
@@ -161,11 +163,13 @@ async def tei_rerank(request: Request[Any, Any, Any], service: Service) -> Respo
     pipeline = service.ready()
     if not isinstance(pipeline, RankingPipeline):
         raise NotServed(f"this server serves {pipeline.task}; /rerank needs a ranking (cross-encoder) model")
-    req = wire.decode_struct(await body(request, "/rerank"), RerankRequest)
+    req = await decode(request, "/rerank", RerankRequest)
     params = RankingParameters(
         raw_scores=req.raw_scores, return_text=req.return_text, truncate=req.truncate,
         truncation_direction=req.truncation_direction,
     )  # fmt: skip
+    if not req.texts:
+        raise BadRequest("`texts` is an empty list; send the texts to rank")
     inputs = {"query": req.query, "texts": req.texts}
     return answer(service, await service.run(pipeline.task, len(req.texts), lambda: pipeline.predict(inputs, params)))
 
@@ -180,7 +184,7 @@ async def tei_rerank(request: Request[Any, Any, Any], service: Service) -> Respo
 )
 async def tei_similarity(request: Request[Any, Any, Any], service: Service) -> Response[bytes]:
     pipeline = embedder(service)
-    req = wire.decode_struct(await body(request, "/similarity"), SimilarityRequest)
+    req = await decode(request, "/similarity", SimilarityRequest)
     inputs = msgspec.to_builtins(req.inputs)
     return answer(service, await service.infer(pipeline, inputs, req.parameters))
 
@@ -199,8 +203,10 @@ async def tei_tokenize(request: Request[Any, Any, Any], service: Service) -> Res
     pipeline = service.ready()
     if not isinstance(pipeline, TextPipeline):
         raise NotServed(f"this server serves {pipeline.task}, which takes no text to tokenize")
-    req = wire.decode_struct(await body(request, "/tokenize"), TokenizeRequest)
+    req = await decode(request, "/tokenize", TokenizeRequest)
     texts = [req.inputs] if isinstance(req.inputs, str) else req.inputs
+    if not texts:
+        raise BadRequest("`inputs` is an empty list; send a string or a list of strings")
     prompt = ""
     if req.prompt_name is not None:
         if not isinstance(pipeline, SentenceEmbedder):

@@ -272,8 +272,7 @@ async def _openai(
 ) -> Stream | tuple[R, str, Finished]:  # fmt: skip
     """Decode, prepare (errors surface here, before any stream), then stream or finish."""
     pipeline = generative(service)
-    wire.require_json(request.headers.get("content-type"), route)
-    req = wire.decode_struct(await request.body(), kind)
+    req: R = wire.decode_json(request.headers.get("content-type"), await request.body(), route, kind)
     parameters = openai_parameters(req)
     prepared = await service.run(pipeline.task, 1, lambda: pipeline.prepare(prompt(req), parameters))
     model = req.model or pipeline.manifest.source.model

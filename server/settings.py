@@ -61,6 +61,7 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "KILN_MAX_HEADER_BYTES": ("max_header_bytes", int),
     "KILN_MAX_HEADERS": ("max_headers", int),
     "KILN_MAX_CONNECTIONS": ("max_connections", int),
+    "KILN_KEEP_ALIVE": ("keep_alive_s", int),
 }
 
 
@@ -96,6 +97,10 @@ class Settings:
     max_header_bytes: int = 64 * 1024
     max_headers: int = 100
     max_connections: int = 1024
+    # Longer than the idle expiry of common client pools (httpx 5 s, aiohttp 15 s), so a client
+    # rarely sends on a connection the server is closing at that moment; idle connections are
+    # evicted first when the connection cap is reached, so a long timeout costs no capacity.
+    keep_alive_s: int = 30
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **flags: Any) -> Settings:

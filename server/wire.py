@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import io
 import re
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import parse_qs
 
 import msgspec
@@ -29,7 +29,6 @@ from runtime.images import decode_base64_image
 from runtime.tasks.base import parse_parameters, type_name
 from server.errors import BadRequest, ResponseTooLarge, UnsupportedMediaType
 
-S = TypeVar("S", bound=msgspec.Struct)
 JSON_TYPES = ("application/json", "text/json")
 TOP_LEVEL = {"inputs", "parameters", "options"}
 
@@ -44,14 +43,44 @@ def require_json(content_type: str | None, what: str) -> None:
         raise UnsupportedMediaType(f"{what} takes JSON (Content-Type: application/json); got {kind!r}")
 
 
-def _object(content_type: str | None, body: bytes, task: str) -> dict[str, Any]:
-    require_json(content_type, task)
+def charset(content_type: str | None) -> str | None:
+    """The `charset` parameter of a Content-Type, lower-cased, if any."""
+    for parameter in (content_type or "").split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').lower()
+    return None
+
+
+def decode_json(content_type: str | None, body: bytes, what: str, kind: Any = Any) -> Any:
+    """A JSON body, as `kind` (a wire struct) or as plain values; whatever is wrong with it is a 400
+    that says what, never a 500: bad JSON, invalid UTF-8, nesting too deep, the wrong shape. A body
+    in another declared charset (`charset=latin-1`) is read in that charset; an unknown one is a 415."""
+    require_json(content_type, what)
+    declared = charset(content_type)
+    if declared not in (None, "utf-8", "utf8", "us-ascii", "ascii"):
+        try:
+            body = body.decode(declared).encode()
+        except LookupError:
+            raise UnsupportedMediaType(f"unknown charset {declared!r}; send UTF-8 JSON") from None
+        except UnicodeDecodeError as exc:
+            raise BadRequest(f"the request body is not valid {declared}: {exc.reason} at byte {exc.start}") from None
     if not body.strip():
         raise BadRequest('the request body is empty; send JSON like {"inputs": ...}')
     try:
-        payload = msgspec.json.decode(body)
+        return msgspec.json.decode(body, type=kind)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"invalid request: {exc}".replace("`$.", "`")) from None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"the request body is not valid UTF-8: {exc.reason} at byte {exc.start}") from None
+    except RecursionError:
+        raise BadRequest("the request body's JSON is nested too deeply") from None
+
+
+def _object(content_type: str | None, body: bytes, task: str) -> dict[str, Any]:
+    payload = decode_json(content_type, body, task)
     if not isinstance(payload, dict):
         raise BadRequest('the request body must be a JSON object like {"inputs": ..., "parameters": {...}}')
     return payload
@@ -141,16 +170,6 @@ def batch_size(inputs: Any) -> int:
     if isinstance(inputs, list) and not (len(inputs) == 2 and all(isinstance(x, str) for x in inputs)):
         return len(inputs)
     return 1
-
-
-def decode_struct(body: bytes, kind: type[S]) -> S:
-    """A JSON body as a wire struct; what is wrong with it, in words, as a 400."""
-    try:
-        return msgspec.json.decode(body, type=kind)
-    except msgspec.ValidationError as exc:
-        raise BadRequest(f"invalid request: {exc}".replace("`$.", "`")) from None
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"the request body is not valid JSON: {exc}") from None
 
 
 def _builtin(value: Any) -> Any:

@@ -65,7 +65,7 @@ def test_key_value_cache_of_beams_times_length_is_bounded(artifacts: dict, start
 def test_other_generation_parameters_are_checked(llama: Server) -> None:
     assert generate(llama, {"max_new_tokens": 2, "stop": ["x"] * 17}).status_code == 422
     assert generate(llama, {"max_new_tokens": 2, "stop": ["x" * 257]}).status_code == 422
-    assert generate(llama, {"max_new_tokens": 2, "seed": -1, "do_sample": True}).status_code == 400
+    assert generate(llama, {"max_new_tokens": 2, "top_k": -1, "do_sample": True}).status_code == 400
     assert generate(llama, {"max_new_tokens": 2, "repetition_penalty": 0}).status_code == 400
     assert generate(llama, {"max_new_tokens": 2, "truncate": 0}).status_code == 400
     assert generate(llama, {"max_new_tokens": 3001}).status_code == 422

@@ -58,6 +58,9 @@ class GenerationParameters(msgspec.Struct, forbid_unknown_fields=True):
 
 
 MAX_STOP_CHARS = 256
+# Below this a temperature makes sampling an argmax in all but name, and divides logits into
+# overflow (5e-324 gives inf and NaN probabilities): such requests decode greedily.
+MIN_TEMPERATURE = 1e-3
 UNSUPPORTED = {
     "num_return_sequences": 1, "best_of": 1, "watermark": False, "typical_p": None,
     "frequency_penalty": None, "top_n_tokens": None, "grammar": None, "adapter_id": None,
@@ -156,10 +159,10 @@ class GenerativePipeline(TextPipeline):
         temperature = params.temperature if params.temperature is not None else float(d.get("temperature") or 1.0)
         if params.do_sample is None and params.temperature is not None and params.temperature > 0:
             do_sample = True  # text-generation-inference samples when a temperature is given
-        if temperature <= 0:
+        if temperature < MIN_TEMPERATURE:  # 0, or so small that sampling is argmax (and overflows)
             do_sample, temperature = False, 1.0
-        if params.seed is not None and params.seed < 0:
-            raise InvalidParameter(f"`seed` must be at least 0; got {params.seed}")
+        if params.top_k is not None and params.top_k < 0:
+            raise InvalidParameter(f"`top_k` must be at least 0 (0: no top-k); got {params.top_k}")
         if params.repetition_penalty is not None and params.repetition_penalty <= 0:
             raise InvalidParameter(f"`repetition_penalty` must be positive; got {params.repetition_penalty}")
         top_p = params.top_p if params.top_p is not None else float(d.get("top_p") or 1.0)
