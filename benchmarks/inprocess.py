@@ -11,7 +11,7 @@ import functools
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,15 @@ class Shape:
 
 
 SHAPES = [Shape("b1-16", 16, 1), Shape("b1-128", 128, 1), Shape("b1-512", 512, 1), Shape("b8-128", 128, 8)]
+
+
+@dataclass
+class Payload:
+    """What every contestant is called with for one row: `item` holds `batch` inputs."""
+
+    shape: str
+    batch: int
+    item: Any
 
 
 @dataclass
@@ -102,12 +111,20 @@ def baseline(task: str, model: Path, device: str) -> Contestant:
     return Contestant("pytorch", lambda x: pipe(x))
 
 
-def candidates(task: str, model: Path, work: Path, device: str) -> list[Contestant]:
-    """Compiled fp32 (plain and graph-optimized), and int8 on CPU or fp16 on CUDA, when they pass."""
-    plans: list[tuple[str, Precision, Optimization | None]] = [
-        ("fp32", Precision.FP32, Optimization.NONE),
-        ("fp32-O2", Precision.FP32, Optimization.O2),
-    ]
+FP32_PLANS: list[tuple[str, Optimization | None]] = [("fp32", Optimization.NONE), ("fp32-O2", Optimization.O2)]
+"""The text rows' fp32 candidates: plain, and graph-optimized (fused attention)."""
+
+
+def candidates(
+    task: str,
+    model: Path,
+    work: Path,
+    device: str,
+    fp32: Sequence[tuple[str, Optimization | None]] = FP32_PLANS,
+) -> list[Contestant]:
+    """The `fp32` candidates (an optimization of None lets kiln choose, as `kiln compile` does), and
+    int8 on CPU or fp16 on CUDA; a candidate that does not hold its gate is kept with a note."""
+    plans: list[tuple[str, Precision, Optimization | None]] = [(name, Precision.FP32, opt) for name, opt in fp32]
     plans.append(("fp16", Precision.FP16, Optimization.O4) if device == "cuda" else ("int8", Precision.INT8, None))
     out = []
     for name, precision, optimization in plans:
@@ -115,13 +132,18 @@ def candidates(task: str, model: Path, work: Path, device: str) -> list[Contesta
         try:
             compile_model(model, work / f"{model.name}-{task}-{name}", options, Progress(quiet=True))
         except ValidationFailed as exc:
-            out.append(
-                Contestant(name, lambda x: None, note="refused by its gate: " + exc.message.splitlines()[-1].strip())
-            )
+            out.append(Contestant(name, lambda x: None, note=refusal(name, exc)))
             continue
         pipe = runtime.load(work / f"{model.name}-{task}-{name}", device=device)
         out.append(Contestant(name, pipe))
     return out
+
+
+def refusal(name: str, exc: ValidationFailed) -> str:
+    """`<name> refused: <reason>`, the reason being the first line under the error's headline (the
+    first candidate's figures against its gate), or the headline when there is nothing under it."""
+    lines = [line.strip() for line in exc.message.splitlines() if line.strip()]
+    return f"{name} refused: {lines[1] if len(lines) > 1 else lines[0]}"
 
 
 def _device(device: str) -> Any:
@@ -154,9 +176,17 @@ def _flat(result: Any) -> np.ndarray:
     return np.asarray(result, dtype=np.float64).reshape(-1)
 
 
+CLASSIFICATION = ("text-classification", "image-classification")
+
+
+def _ranked(answer: Any) -> list[dict[str, Any]]:
+    """One input's `[{"label", "score"}, ...]` (a single dict when the pipeline returned only the top one)."""
+    return answer if isinstance(answer, list) else [answer]
+
+
 def _top(task: str, answer: Any) -> Any:
-    if task == "text-classification":
-        return (answer[0] if isinstance(answer, list) else answer)["label"]
+    if task in CLASSIFICATION:
+        return _ranked(answer)[0]["label"]
     if task == "question-answering":
         return answer["start"], answer["end"]
     if task == "fill-mask":
@@ -164,14 +194,25 @@ def _top(task: str, answer: Any) -> Any:
     return [(e.get("entity"), e["start"], e["end"]) for e in answer]  # token-classification
 
 
+def _score_diff(ours: Any, theirs: Any) -> float:
+    """The largest |score difference| over the labels that both answers rank."""
+    mine = {a["label"]: a["score"] for a in _ranked(ours)}
+    return max((abs(mine[t["label"]] - t["score"]) for t in _ranked(theirs) if t["label"] in mine), default=math.nan)
+
+
 def quality(task: str, ours: Any, theirs: Any, batch: int) -> dict[str, float]:
-    """How close a candidate's answer is to the PyTorch answer, in the task's own terms."""
+    """How close a candidate's answer is to the PyTorch answer, in the task's own terms: cosine for
+    vectors and scores; top-label agreement for labels, spans and tokens, and for classifiers the
+    largest |score difference| as well."""
     if task in ("sentence-embeddings", "sentence-similarity", "feature-extraction", "ranking"):
         a, b = _flat(ours), _flat(theirs)
         return {"cosine": float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))}
     mine, reference = (ours, theirs) if batch > 1 else ([ours], [theirs])
     same = [_top(task, a) == _top(task, b) for a, b in zip(mine, reference)]
-    return {"label_agreement": float(np.mean(same))}
+    figures = {"label_agreement": float(np.mean(same))}
+    if task in CLASSIFICATION:
+        figures["max_score_diff"] = max(_score_diff(a, b) for a, b in zip(mine, reference))
+    return figures
 
 
 def compare(
@@ -186,29 +227,46 @@ def compare(
     shapes: list[Shape],
     log: Callable[[str], None],
 ) -> list[Row]:
+    """A text model's rows: its compiled candidates and the PyTorch baseline on texts of `shapes`."""
     contenders = candidates(task, model, work, device)
     reference = baseline(task, model, device)
+    probe = next((c.call for c in contenders if not c.note), None)
+    assert isinstance(probe, runtime.TextPipeline)
+    payloads = [Payload(shape.name, shape.batch, payload(task, shape, probe)) for shape in shapes]
+    return rows_of(label, task, reference, contenders, payloads, rounds=rounds, block=block, log=log)
+
+
+def rows_of(
+    label: str,
+    task: str,
+    reference: Contestant,
+    contenders: list[Contestant],
+    payloads: list[Payload],
+    *,
+    rounds: int,
+    block: int,
+    log: Callable[[str], None],
+) -> list[Row]:
+    """One row per payload and contestant: p50, p95, speed-up over `reference` and quality against
+    its answer; a refused contender gets a row with its note and no figures."""
     live = [c for c in contenders if not c.note]
-    probe = next((c.call for c in live), None)
     rows = []
-    for shape in shapes:
-        assert isinstance(probe, runtime.TextPipeline)
-        item = payload(task, shape, probe)
-        times = measure([reference, *live], item, rounds, block)
-        base_p50 = statistics.median(times["pytorch"])
-        theirs = reference.call(item)
-        row = functools.partial(Row, label, task, shape.name)
-        rows.append(row("pytorch", base_p50, _p95(times["pytorch"])))
+    for load in payloads:
+        times = measure([reference, *live], load.item, rounds, block)
+        base_p50 = statistics.median(times[reference.name])
+        theirs = reference.call(load.item)
+        row = functools.partial(Row, label, task, load.shape)
+        rows.append(row(reference.name, base_p50, _p95(times[reference.name])))
         for contestant in contenders:
             if contestant.note:
                 rows.append(row(contestant.name, math.nan, math.nan, math.nan, note=contestant.note))
                 continue
             p50 = statistics.median(times[contestant.name])
-            quality_of = quality(task, contestant.call(item), theirs, shape.batch)
+            quality_of = quality(task, contestant.call(load.item), theirs, load.batch)
             rows.append(row(contestant.name, p50, _p95(times[contestant.name]), base_p50 / p50, quality_of))
         log(
             " | ".join(f"{r.contestant} {r.p50_ms:.2f} ms" for r in rows[-len(contenders) - 1 :])
-            + f"  ({label} {task} {shape.name})"
+            + f"  ({label} {task} {load.shape})"
         )
     return rows
 

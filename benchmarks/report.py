@@ -13,6 +13,59 @@ def _ms(value: float) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:.2f}"
 
 
+def _quality(row: dict[str, Any]) -> str:
+    """A row's quality figures (differences in scientific notation), or its note."""
+    figures = [f"{k} {v:.1e}" if k.endswith("diff") else f"{k} {v:.4f}" for k, v in row["quality"].items()]
+    return ", ".join(figures) or row["note"]
+
+
+def _speed(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.2f}x"
+
+
+def _share(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.0%}"
+
+
+def _vision(results: dict[str, Any]) -> list[str]:
+    """The image-classification tables: end to end, then preprocessing alone."""
+    vision = results.get("vision")
+    if not vision:
+        return []
+    return [
+        "",
+        "## Image classification, end to end with preprocessing, one process (ms)",
+        "",
+        'Baseline `pytorch` is `transformers.pipeline("image-classification")`, called as the stock',
+        "container calls it (a PIL image, or a list of 8: one forward per image); kiln is",
+        "`runtime.load(artifact)` called the same way (fp32 runs the 8 as one batch, int8 one by one).",
+        "Payloads: the cat of scikit-image (b1); the cat, coffee, astronaut and Grace Hopper photographs,",
+        "twice (b8).",
+        "Quality against the baseline's answer: top-1 agreement and the largest |score difference|.",
+        "",
+        "| model | shape | contestant | p50 | p95 | speed-up | quality |",
+        "|---|---|---|---|---|---|---|",
+        *[
+            f"| {r['model']} | {r['shape']} | {r['contestant']} | {_ms(r['p50_ms'])} | {_ms(r['p95_ms'])} | "
+            f"{_speed(r['speedup'])} | {_quality(r)} |"
+            for r in vision["inprocess"]
+        ],
+        "",
+        'Preprocessing alone, same images: transformers\' `AutoImageProcessor(images=..., return_tensors="np")`',
+        "against kiln's numpy + Pillow `pipe.processor(...)`; share is kiln's `pipe.preprocess` (RGB",
+        "images and processor) over kiln fp32's end-to-end p50.",
+        "",
+        "| model | shape | transformers processor | transformers p50 | kiln p50 | speed-up | kiln share of e2e |",
+        "|---|---|---|---|---|---|---|",
+        *[
+            f"| {r['model']} | {r['shape']} | {r['transformers_processor']} | {_ms(r['transformers_p50_ms'])} | "
+            f"{_ms(r['kiln_p50_ms'])} | {_speed(r['speedup'])} | "
+            f"{_share(r['share_of_end_to_end'])} |"
+            for r in vision["preprocessing"]
+        ],
+    ]
+
+
 def markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
     lines = [
@@ -43,12 +96,11 @@ def markdown(results: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in results["inprocess"]:
-        quality = ", ".join(f"{k} {v:.4f}" for k, v in r["quality"].items()) or r["note"]
-        speed = "-" if math.isnan(r["speedup"]) else f"{r['speedup']:.2f}x"
         lines.append(
             f"| {r['model']} | {r['task']} | {r['shape']} | {r['contestant']} | {_ms(r['p50_ms'])} | "
-            f"{_ms(r['p95_ms'])} | {speed} | {quality} |"
+            f"{_ms(r['p95_ms'])} | {_speed(r['speedup'])} | {_quality(r)} |"
         )
+    lines += _vision(results)
     if results.get("generation"):
         lines += [
             "",
@@ -122,15 +174,16 @@ def charts(results: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
     best: dict[str, float] = {}
-    for r in results["inprocess"]:
-        if r["shape"] == "b1-128" and r["contestant"] != "pytorch" and not math.isnan(r["speedup"]):
+    vision = results.get("vision", {}).get("inprocess", [])
+    for r in [*results["inprocess"], *vision]:
+        if r["shape"] in ("b1-128", "b1") and r["contestant"] != "pytorch" and not math.isnan(r["speedup"]):
             key = f"{r['model']}\n{r['task']}"
             best[key] = max(best.get(key, 0.0), r["speedup"])
     fig, ax = plt.subplots(figsize=(9, 4.5))
     ax.bar(range(len(best)), list(best.values()), color="tab:green")
     ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
     ax.set_xticks(range(len(best)), list(best), fontsize=7)
-    ax.set_ylabel("speed-up vs PyTorch (b1, ~128 tokens)")
+    ax.set_ylabel("speed-up vs PyTorch (b1: ~128 tokens or a photograph)")
     ax.set_title("Best compiled candidate per task")
     fig.tight_layout()
     fig.savefig(out / "speedup_by_task.png", dpi=110)

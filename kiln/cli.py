@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = commands.add_parser(
         "bench", help="compiled runtime against the PyTorch pipeline, and the server under load",
         description="Run the latency suite and write benchmarks.json, benchmarks.md and PNG charts.",
-        epilog="--quick takes about 3 minutes on 2 cores; the full run under 30. Writes results/ by default.",
+        epilog="--quick takes about 5 minutes on 2 cores; the full run under 30. Runs from a kiln checkout (it "
+        "builds the tests' models). Writes results/ by default.",
     )  # fmt: skip
     b.add_argument("--quick", action="store_true", help="fewer models, rounds and seconds of load")
     b.add_argument("--out", default="results", help="where to write the results (default: results/)")

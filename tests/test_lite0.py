@@ -17,21 +17,9 @@ import runtime
 from compile import CompileOptions, Precision, Progress, compile_model
 from tests.conftest import Server
 from tests.support.efficientnet_lite0 import build_efficientnet_lite0
+from tests.support.photographs import photographs
 
 pytestmark = pytest.mark.slow
-
-
-def photographs() -> dict[str, Image.Image]:
-    import matplotlib.cbook
-    import skimage.data
-
-    hopper = Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg")).convert("RGB")
-    return {
-        "chelsea": Image.fromarray(skimage.data.chelsea()),
-        "coffee": Image.fromarray(skimage.data.coffee()),
-        "astronaut": Image.fromarray(skimage.data.astronaut()),
-        "grace_hopper": hopper,
-    }
 
 
 @pytest.fixture(scope="module")
