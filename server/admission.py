@@ -26,6 +26,14 @@ class Admission:
         self.admitted = 0
         self.metrics = metrics
 
+    def resize(self, workers: int) -> None:
+        """More (or fewer) workers, the queue beyond them unchanged: for a batcher, which runs the
+        model itself and lets each worker only pre- and post-process."""
+        queue = self.capacity - self.workers
+        self.workers = max(1, workers)
+        self.capacity = self.workers + queue
+        self.limiter.total_tokens = self.workers
+
     def check(self) -> None:
         """Refuse at once when full: before a stream starts, so the refusal is a real 429."""
         if self.admitted >= self.capacity:

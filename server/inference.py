@@ -64,6 +64,7 @@ async def info(service: Service) -> dict[str, Any]:
             "max_input_tokens": described.get("max_input_tokens"),
             "max_image_pixels": settings.max_image_pixels,
         },
+        "batching": service.describe_batching(),
         "ready_after_seconds": service.ready_after,
     }
 

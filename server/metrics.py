@@ -36,6 +36,25 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
             registry=self.registry,
         )
+        self.model_batch = Histogram(
+            "kiln_model_batch_items",
+            "Inputs per model call, gathered from concurrent requests by the batcher.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=self.registry,
+        )
+        self.model_batch_requests = Histogram(
+            "kiln_model_batch_requests",
+            "Requests served by one model call.",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=self.registry,
+        )
+        self.batch_wait = Histogram(
+            "kiln_batch_wait_seconds",
+            "Time a request's inputs waited for their model call.",
+            buckets=(0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=self.registry,
+        )
+        self.items = Counter("kiln_items", "Inputs run through the model.", registry=self.registry)
         self.queue_depth = Gauge("kiln_queue_depth", "Requests waiting for a worker.", registry=self.registry)
         self.in_flight = Gauge("kiln_in_flight", "Requests running in the model now.", registry=self.registry)
         self.rejected = Counter(

@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 import runtime
 from runtime import Pipeline
+from runtime.batching import Batcher, BatchStats
+from runtime.tasks.text_generation import GenerativePipeline
 from server import model as model_source
 from server import wire
 from server.admission import Admission
@@ -39,6 +41,7 @@ class Service:
         self.on_fatal = on_fatal
         self.started = time.monotonic()
         self.ready_after: float | None = None
+        self.batcher: Batcher | None = None
 
     def load(self) -> None:
         """Blocking: compile if needed, load, warm up. Runs on a worker thread at start-up."""
@@ -52,6 +55,7 @@ class Service:
             )
             pipeline.limits = self.settings.limits()
             pipeline.warmup()
+            self.batcher = self._batch(pipeline)
         except Exception as exc:
             self.failure = f"the model failed to load: {exc}"
             log.error(self.failure, exc_info=not isinstance(exc, runtime.KilnError))
@@ -61,6 +65,43 @@ class Service:
         self.pipeline = pipeline
         self.ready_after = time.monotonic() - self.started
         log.info("ready: %s from %s in %.2f s", pipeline.task, self.artifact, self.ready_after)
+
+    def _batch(self, pipeline: Pipeline) -> Batcher | None:
+        """Put a batcher in front of the pipeline's model call, and let as many requests in at once
+        as a batch takes (each pre- and post-processes on its own worker). Generation is its own
+        loop, token by token: it is not batched and keeps `max_concurrency`."""
+        if not self.settings.batching or isinstance(pipeline, GenerativePipeline):
+            return None
+        metrics = self.metrics
+
+        def observe(stats: BatchStats) -> None:
+            metrics.model_batch.observe(stats.items)
+            metrics.model_batch_requests.observe(stats.callers)
+            metrics.items.inc(stats.items)
+            for wait in stats.waits:
+                metrics.batch_wait.observe(wait)
+
+        batcher = Batcher(
+            pipeline.core,
+            max_items=self.settings.max_batch_items,
+            max_cost=self.settings.max_batch_tokens,
+            max_wait_s=self.settings.batch_wait_ms / 1000,
+            on_batch=observe,
+        )
+        pipeline.core = batcher  # type: ignore[method-assign]
+        self.admission.resize(max(self.settings.max_concurrency, self.settings.max_batch_items))
+        return batcher
+
+    def describe_batching(self) -> dict[str, Any]:
+        if self.batcher is None:
+            reason = "off (KILN_BATCHING)" if not self.settings.batching else "generation is its own loop: not batched"
+            return {"enabled": False, "why": reason}
+        return {
+            "enabled": True,
+            "max_items": self.settings.max_batch_items,
+            "max_tokens": self.settings.max_batch_tokens,
+            "max_wait_ms": self.settings.batch_wait_ms,
+        }
 
     def ready(self) -> Pipeline:
         if self.closing:
@@ -80,7 +121,11 @@ class Service:
 
         def call() -> T:
             start = time.perf_counter()
-            result = fn()
+            if self.batcher is not None:
+                with self.batcher.caller():
+                    result = fn()
+            else:
+                result = fn()
             self.metrics.inference.labels(task).observe(time.perf_counter() - start)
             return result
 

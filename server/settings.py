@@ -61,6 +61,10 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "KILN_MAX_HEADER_BYTES": ("max_header_bytes", int),
     "KILN_MAX_HEADERS": ("max_headers", int),
     "KILN_MAX_CONNECTIONS": ("max_connections", int),
+    "KILN_BATCHING": ("batching", _bool),
+    "KILN_MAX_BATCH_ITEMS": ("max_batch_items", int),
+    "KILN_MAX_BATCH_TOKENS": ("max_batch_tokens", int),
+    "KILN_BATCH_WAIT_MS": ("batch_wait_ms", float),
     "KILN_KEEP_ALIVE": ("keep_alive_s", int),
 }
 
@@ -101,6 +105,11 @@ class Settings:
     # rarely sends on a connection the server is closing at that moment; idle connections are
     # evicted first when the connection cap is reached, so a long timeout costs no capacity.
     keep_alive_s: int = 30
+    # Dynamic batching (runtime.batching): concurrent requests' model inputs in one model call.
+    batching: bool = True
+    max_batch_items: int = 64
+    max_batch_tokens: int = 16384  # tokens for text; for images, the budget counts pixels x 64
+    batch_wait_ms: float = 2.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **flags: Any) -> Settings:
