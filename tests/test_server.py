@@ -188,8 +188,12 @@ def test_token_is_required_when_configured(artifacts: dict, start_server: Callab
     assert client.text_classification("Hi")[0].label
 
 
-def test_full_queue_answers_429_at_once(minilm_artifact: Path, start_server: Callable[..., Server]) -> None:
-    server = start_server(str(minilm_artifact), "--max-concurrency", "1", "--max-queue", "1")
+@pytest.mark.parametrize("env", [{"KILN_BATCHING": "0"}, {"KILN_MAX_BATCH_ITEMS": "2"}], ids=["unbatched", "batched"])
+def test_full_queue_answers_429_at_once(
+    env: dict[str, str], minilm_artifact: Path, start_server: Callable[..., Server]
+) -> None:
+    """Admitted: the workers (max concurrency; with batching, a batch's worth) and the queue."""
+    server = start_server(str(minilm_artifact), "--max-concurrency", "1", "--max-queue", "1", **env)
     payload = {"inputs": ["A long sentence about the weather in London and Paris today. " * 8] * 32}
 
     def call(_: int) -> int:
