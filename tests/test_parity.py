@@ -94,12 +94,14 @@ def raw_outputs(compiled: runtime.Pipeline, model: Path, task: str) -> list[tupl
     return pairs
 
 
-# Where int8 loses its gate on these tiny random models (measured; the figures are in the refusal):
-# per-token labels (token-classification, fill-mask) and one question-answering model flip top
-# labels on a few percent of their vectors.
+# Where int8 loses its gate on these tiny random models (measured; the figures are in the refusal).
+# The models are the same bytes in every session (tests/support/text.py), so each case has one
+# outcome. Only per-token labels fail, on the label half of the gate (every min cosine >= 0.997):
+# top label agreement 99.0% (bert) and 98.7% (roberta) for token-classification, 95.5% and 96.2%
+# for fill-mask. Every other task keeps all its labels (question-answering: 14 of 14 span vectors).
 INT8_REFUSED = {
     ("token-classification", "bert"), ("token-classification", "roberta"), ("fill-mask", "bert"),
-    ("fill-mask", "roberta"), ("question-answering", "bert"),
+    ("fill-mask", "roberta"),
 }  # fmt: skip
 
 

@@ -1,9 +1,12 @@
 """Tiny random models with locally trained tokenizers, saved as ordinary model directories.
 
-Nothing here reaches the Hub: the tokenizers are trained on a few sentences with `tokenizers`,
-the models are random `transformers` configs. Each directory looks exactly like a downloaded
-model (config, weights, tokenizer files, a README with `pipeline_tag`), so the code under test
-loads it the way it loads any local model.
+Nothing here reaches the Hub: the tokenizers are learnt on a few sentences (reproducibly, in
+plain Python, then assembled with `tokenizers`), the models are random `transformers` configs
+with seeded weights. Each directory looks exactly like a downloaded model (config, weights,
+tokenizer files, a README with `pipeline_tag`), so the code under test loads it the way it loads
+any local model. The same call writes the same bytes in every process: the `tokenizers` trainers
+break ties in hash order, so their vocabularies (and with them the models) change from run to
+run, and a borderline test outcome with them.
 """
 
 from __future__ import annotations
@@ -36,16 +39,45 @@ NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
 SENTIMENT_LABELS = ["negative", "neutral", "positive"]
 
 
+def _learnt_vocab(base: list[str], learnt: list[str], size: int) -> tuple[dict[str, int], int]:
+    """`base` (ids in that order) grown by the `learnt` tokens, in their order, until it holds `size`
+    tokens, as the `tokenizers` trainers grow theirs; and how many learnt tokens that took (a
+    repeated one takes its turn but no new id)."""
+    vocab = {token: i for i, token in enumerate(dict.fromkeys(base))}
+    used = 0
+    for token in learnt:
+        if len(vocab) >= size:
+            break
+        vocab.setdefault(token, len(vocab))
+        used += 1
+    return vocab, used
+
+
 def _bert_tokenizer() -> object:
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """WordPiece as `WordPieceTrainer` makes it (vocabulary size 300), learnt reproducibly: the
+    special tokens, every character of the corpus with and without `##`, then the tokens of BPE
+    merges over words split into a first character and `##` continuations."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import BertTokenizerFast
 
+    from tests.support.vision import _bpe_merges
+
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    words = [word for text in CORPUS for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))]
+    # A merged symbol keeps the `##` of each piece ("t" + "##h" -> "t##h"); its token drops the inner ones.
+    merges = _bpe_merges([[word[0], *("##" + c for c in word[1:])] for word in words], 300)
+    tokens = [
+        ("##" if symbol.startswith("##") else "") + symbol.replace("##", "") for symbol in (a + b for a, b in merges)
+    ]
+    alphabet = sorted({c for word in words for c in word})
+    vocab, _ = _learnt_vocab([*special, *alphabet, *("##" + c for c in alphabet)], tokens, 300)
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
     tok.decoder = decoders.WordPiece(prefix="##")
-    tok.train_from_iterator(CORPUS, trainers.WordPieceTrainer(vocab_size=300, special_tokens=special))
+    tok.add_special_tokens(special)
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
@@ -63,18 +95,31 @@ def _bert_tokenizer() -> object:
     )
 
 
+def _byte_level_bpe(special: list[str], size: int, unk: str | None = None) -> Any:
+    """Byte-level BPE as `BpeTrainer` makes it with the byte alphabet, learnt reproducibly
+    (`tests.support.vision._bpe_merges`): the special tokens, the 256 byte symbols, then merges
+    until the vocabulary holds `size` tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    from tests.support.vision import _bpe_merges
+
+    pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    words = [list(word) for text in CORPUS for word, _ in pre_tokenizer.pre_tokenize_str(text)]
+    merges = _bpe_merges(words, size)
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab, used = _learnt_vocab([*special, *alphabet], [a + b for a, b in merges], size)
+    tok = Tokenizer(models.BPE(vocab, merges[:used], unk_token=unk))
+    tok.pre_tokenizer = pre_tokenizer
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(special)
+    return tok
+
+
 def _roberta_tokenizer() -> object:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import processors
     from transformers import RobertaTokenizerFast
 
-    special = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(CORPUS, trainer)
+    tok = _byte_level_bpe(["<s>", "<pad>", "</s>", "<unk>", "<mask>"], 400, unk="<unk>")
     tok.post_processor = processors.RobertaProcessing(
         sep=("</s>", tok.token_to_id("</s>")), cls=("<s>", tok.token_to_id("<s>")), trim_offsets=True
     )
@@ -94,18 +139,12 @@ def _roberta_tokenizer() -> object:
 def _generative_tokenizer(arch: str) -> object:
     """Byte-level BPE: GPT-2 style for decoders (Llama's with a BOS and a chat template), and
     with </s> appended for the encoder-decoders."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
 
     seq2seq = arch in ("t5", "bart")
     special = ["<pad>", "</s>", "<unk>"] if seq2seq else ["<|endoftext|>", "<s>", "<|im_start|>", "<|im_end|>"]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(CORPUS, trainer)
+    tok = _byte_level_bpe(special, 400)
     if seq2seq:
         eos = tok.token_to_id("</s>")
         tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", eos)])
