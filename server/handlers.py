@@ -18,10 +18,22 @@ from server.errors import CLIENT_GONE, HTTP_KINDS, body, status_of
 log = logging.getLogger("kiln.server")
 
 
+def request_id(request: Request[Any, Any, Any]) -> str:
+    return str(request.scope.get("state", {}).get("request_id", "-"))
+
+
+def note(request: Request[Any, Any, Any], status: int, kind: str) -> None:
+    """One line per client error, with the request's id."""
+    log.info("%s %s -> %d %s [request %s]", request.method, request.url.path, status, kind, request_id(request))
+
+
 def kiln_error(request: Request[Any, Any, Any], exc: KilnError) -> Response[dict[str, str]]:
     status = status_of(exc)
     if status == 500:
         return internal_error(request, exc)
+    log.info(
+        "%s %s -> %d %s [request %s]", request.method, request.url.path, status, exc.error_type, request_id(request)
+    )
     headers = {"Retry-After": "1"} if status in (429, 503) else None
     return Response(body(exc.message, exc.error_type), status_code=status, headers=headers)
 
@@ -30,7 +42,7 @@ def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[
     status = exc.status_code
     if status == 500 and exc.detail == CLIENT_GONE:
         # no one is left to answer: one line in the log, and 499 (as nginx counts it) in the metrics
-        log.info("client went away during %s %s", request.method, request.url.path)
+        log.info("client went away during %s %s [request %s]", request.method, request.url.path, request_id(request))
         return Response(body("the client closed the connection", "client_closed_request"), status_code=499)
     if status >= 500:
         return internal_error(request, exc)
@@ -42,11 +54,15 @@ def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[
         message = f"no route {request.url.path}"
     elif status == 405:
         message = f"{request.method} is not allowed on {request.url.path}"
-    return Response(body(message, HTTP_KINDS.get(status, "http_error")), status_code=status, headers=exc.headers)
+    kind = HTTP_KINDS.get(status, "http_error")
+    note(request, status, kind)
+    return Response(body(message, kind), status_code=status, headers=exc.headers)
 
 
 def internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
-    log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+    log.error(
+        "internal error on %s %s [request %s]", request.method, request.url.path, request_id(request), exc_info=exc
+    )
     return Response(body("internal server error: the failure is in the server's log", "internal"), status_code=500)
 
 

@@ -3,12 +3,16 @@ middleware, and the one way a JSON answer is encoded (and bounded)."""
 
 from __future__ import annotations
 
+import hmac
+import re
 import time
+import uuid
 from typing import Any
 
 from litestar import Response
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
+from litestar.enums import ScopeType
 from litestar.handlers import BaseRouteHandler
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -27,9 +31,36 @@ def get_service(state: State) -> Service:
 
 
 def require_token(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """The configured bearer token, compared in constant time (bytes: any header value compares)."""
     token = get_service(connection.app.state).settings.api_token
-    if token and connection.headers.get("authorization", "") != f"Bearer {token}":
+    given = connection.headers.get("authorization", "").encode("utf-8", "surrogateescape")
+    if token and not hmac.compare_digest(given, f"Bearer {token}".encode()):
         raise Unauthorized("this server needs `Authorization: Bearer <token>` with its configured token")
+
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def request_ids(app: ASGIApp) -> ASGIApp:
+    """Every request gets an id: the client's `x-request-id` when it is a sane token, else a new
+    one; it is echoed in the response's `x-request-id` and named in every error's log line."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        ident = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = ident  # type: ignore[typeddict-item]
+
+        async def tagged(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", ident.encode())]
+            await send(message)
+
+        await app(scope, receive, tagged)
+
+    return middleware
 
 
 def observe(app: ASGIApp) -> ASGIApp:

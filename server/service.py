@@ -57,8 +57,9 @@ class Service:
             pipeline.warmup()
             self.batcher = self._batch(pipeline)
         except Exception as exc:
-            self.failure = f"the model failed to load: {exc}"
-            log.error(self.failure, exc_info=not isinstance(exc, runtime.KilnError))
+            # the reason (paths, library messages) goes to the log; callers of /health get the fact
+            self.failure = "the model failed to load; the reason is in the server's log"
+            log.error("the model failed to load: %s", exc, exc_info=not isinstance(exc, runtime.KilnError))
             if self.on_fatal is not None:
                 self.on_fatal()
             return

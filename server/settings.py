@@ -62,6 +62,8 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "KILN_MAX_HEADERS": ("max_headers", int),
     "KILN_MAX_CONNECTIONS": ("max_connections", int),
     "KILN_BATCHING": ("batching", _bool),
+    "KILN_CORS_ORIGINS": ("cors_origins", str),
+    "KILN_SHUTDOWN_GRACE": ("shutdown_grace_s", float),
     "KILN_MAX_BATCH_ITEMS": ("max_batch_items", int),
     "KILN_MAX_BATCH_TOKENS": ("max_batch_tokens", int),
     "KILN_BATCH_WAIT_MS": ("batch_wait_ms", float),
@@ -105,6 +107,8 @@ class Settings:
     # rarely sends on a connection the server is closing at that moment; idle connections are
     # evicted first when the connection cap is reached, so a long timeout costs no capacity.
     keep_alive_s: int = 30
+    cors_origins: str | None = None  # comma-separated origins browsers may call from; none: CORS off
+    shutdown_grace_s: float = 30.0  # on SIGTERM: seconds for work in flight to finish
     # Dynamic batching (runtime.batching): concurrent requests' model inputs in one model call.
     batching: bool = True
     max_batch_items: int = 64
