@@ -27,7 +27,7 @@ from compile.errors import CompileFailed, ValidationFailed
 from compile.exporters import BuildContext, copy_components, reference_for, tokenizer_info
 from compile.options import Candidate, CompileOptions, Device, Optimization, Precision, Progress, Result
 from compile.quantize import quantize_int8
-from compile.tasks import ExportSpec, export_spec, infer_task
+from compile.tasks import ExportSpec, export_spec, infer_task, model_type
 from runtime.artifact import (
     MANIFEST,
     Manifest,
@@ -155,7 +155,7 @@ def compile_model(
     started = time.perf_counter()
     model_dir, source = resolve_source(str(model), options.revision, options.token)
     task = runtime.canonical(options.task) if options.task else infer_task(model_dir)
-    spec = export_spec(task)
+    spec = export_spec(task, model_type(model_dir))
     if options.device is Device.CUDA and "CUDAExecutionProvider" not in providers_for("cuda"):
         raise CompileFailed("--device cuda needs onnxruntime-gpu and a CUDA device to validate on")
     plan = candidates(options)

@@ -28,10 +28,11 @@ import numpy as np
 from compile import sentence, validate
 from compile.errors import CompileFailed, UnsupportedModel
 from compile.options import CompileOptions, Progress
-from compile.tasks import ExportSpec
+from compile.tasks import ExportSpec, export_spec, model_type
 from runtime import InputKind, input_kind
 from runtime.artifact import SentencePooling, TokenizerInfo
 from runtime.pooling import normalize, pool
+from runtime.tasks.base import sigmoid
 
 POOLABLE = ("feature-extraction", "sentence-embeddings", "sentence-similarity")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -255,7 +256,10 @@ def image_reference(context: BuildContext) -> Reference:
 
     from runtime.images import ImageProcessor
 
-    spec, model_dir = context.spec, context.model_dir
+    model_dir = context.model_dir
+    # the head this model has: image-segmentation is per-pixel (Segformer) or per-query (DETR, MaskFormer)
+    spec = export_spec(context.task, model_type(model_dir))
+    context = dataclasses.replace(context, spec=spec)
     if not (model_dir / "preprocessor_config.json").is_file():
         raise CompileFailed(f"{model_dir.name} has no preprocessor_config.json: kiln needs the model's image processor")
     config = json.loads((model_dir / "preprocessor_config.json").read_text())
@@ -297,20 +301,27 @@ def image_reference(context: BuildContext) -> Reference:
 def _image_view(
     spec: ExportSpec, outputs: list[Outputs]
 ) -> tuple[Callable[[Outputs, np.ndarray], Outputs], list[np.ndarray]]:
-    """Per-position comparison where the outputs have positions: detection queries, and the pixels
-    of segmentation logits (moved from `batch, class, h, w` to `batch, h * w, class`)."""
+    """Per-position comparison where the outputs have positions: detection and segmentation queries,
+    and the pixels of semantic segmentation logits (moved from `batch, class, h, w` to
+    `batch, h * w, class`). A query's mask logits (`batch, query, h, w`, unlabelled) are compared as
+    one vector per query, of the probabilities (sigmoid) that every post-processing reads: MaskFormer's
+    logits reach +-40, where float32 noise alone is past the 1e-4 gate."""
     if not spec.token_level:
         return _same, [np.ones(len(next(iter(out.values()))), dtype=np.int64) for out in outputs]
 
     def positions(out: Outputs, mask: np.ndarray) -> Outputs:
-        return {
-            name: value.reshape(*value.shape[:2], -1).transpose(0, 2, 1) if value.ndim == 4 else value
-            for name, value in out.items()
-        }
+        return {name: _positions(value, per_query=name in spec.unlabelled) for name, value in out.items()}
 
     viewed = [positions(out, np.empty(0)) for out in outputs]
     masks = [np.ones(next(iter(out.values())).shape[:2], dtype=np.int64) for out in viewed]
     return positions, masks
+
+
+def _positions(value: np.ndarray, per_query: bool) -> np.ndarray:
+    if value.ndim != 4:
+        return value
+    flat = value.reshape(*value.shape[:2], -1)
+    return sigmoid(flat) if per_query else flat.transpose(0, 2, 1)
 
 
 def copy_components(reference: Reference, context: BuildContext, artifact: Path) -> None:

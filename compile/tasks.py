@@ -1,11 +1,15 @@
 """The compile layer's task registry: how each task is exported and checked.
 
 `ExportSpec` says which optimum export task and transformers head a task uses, and which outputs
-the validation compares (and which of them carry a "top label").
+the validation compares (and which of them carry a "top label"). A task has one spec, and may
+have others for the model types whose head differs: image-segmentation is per-pixel class logits
+by default (Segformer, MobileViT), per-query class and mask logits for DETR panoptic and
+MaskFormer. `export_spec(task, model_type)` is the one place that chooses.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -37,10 +41,15 @@ class ExportSpec:
 
 
 _EXPORTS: dict[str, ExportSpec] = {}
+_BY_MODEL_TYPE: dict[tuple[str, str], ExportSpec] = {}
 
 
-def register_export(spec: ExportSpec) -> ExportSpec:
-    _EXPORTS[spec.task] = spec
+def register_export(spec: ExportSpec, *model_types: str) -> ExportSpec:
+    """The task's spec; with `model_types`, the spec of those model types only (`config.model_type`)."""
+    for model_type in model_types:
+        _BY_MODEL_TYPE[spec.task, model_type] = spec
+    if not model_types:
+        _EXPORTS[spec.task] = spec
     return spec
 
 
@@ -52,6 +61,10 @@ _SEQ, _TOK, _QA, _MLM, _BASE = (
     "AutoModel",
 )
 _HIDDEN = ("last_hidden_state",)
+# optimum's "image-segmentation" exports every segmentation head it knows; per-pixel class logits by default
+_SEMANTIC = ExportSpec(
+    "image-segmentation", "image-segmentation", "AutoModelForSemanticSegmentation", ("logits",), True, token_level=True
+)
 for _spec in (
     ExportSpec("text-classification", "text-classification", _SEQ, ("logits",), True, pairs=True),
     ExportSpec("zero-shot-classification", "text-classification", _SEQ, ("logits",), True, pairs=True),
@@ -82,23 +95,57 @@ for _spec in (
         token_level=True,
         unlabelled=("pred_boxes",),
     ),
-    ExportSpec(
-        "image-segmentation",
-        "semantic-segmentation",
-        "AutoModelForSemanticSegmentation",
-        ("logits",),
-        True,
-        token_level=True,
-    ),
+    _SEMANTIC,
 ):
     register_export(_spec)
+# image-segmentation heads of their own, by model type
+for _spec, _model_types in (
+    # "semantic-segmentation" keeps the logits' height and width dynamic ("image-segmentation" fixes them)
+    (dataclasses.replace(_SEMANTIC, optimum_task="semantic-segmentation"), ("segformer",)),
+    # per query: class logits (the last class is "no object"); mask logits, compared per query as one vector
+    (
+        ExportSpec(
+            "image-segmentation",
+            "image-segmentation",
+            "AutoModelForImageSegmentation",
+            ("logits", "pred_masks"),
+            True,
+            token_level=True,
+            unlabelled=("pred_masks",),
+        ),
+        ("detr",),
+    ),
+    (
+        ExportSpec(
+            "image-segmentation",
+            "image-segmentation",
+            "AutoModelForInstanceSegmentation",
+            ("class_queries_logits", "masks_queries_logits"),
+            True,
+            token_level=True,
+            unlabelled=("masks_queries_logits",),
+        ),
+        ("maskformer",),
+    ),
+):
+    register_export(_spec, *_model_types)
 
 
-def export_spec(task: str) -> ExportSpec:
-    spec = _EXPORTS.get(canonical(task))
+def export_spec(task: str, model_type: str | None = None) -> ExportSpec:
+    """How `task` is exported: for `model_type` (a model's `config.model_type`) where it has its own
+    spec, else the task's."""
+    task = canonical(task)
+    spec = _EXPORTS.get(task)
     if spec is None:
         raise TaskUnknown(f"kiln cannot compile task {task!r}; it compiles: {', '.join(compilable())}")
-    return spec
+    return _BY_MODEL_TYPE.get((task, model_type or ""), spec)
+
+
+def model_type(model_dir: Path) -> str | None:
+    """The `model_type` of a model directory's config.json, if it has one."""
+    config = model_dir / "config.json"
+    value = json.loads(config.read_text()).get("model_type") if config.is_file() else None
+    return value if isinstance(value, str) else None
 
 
 def compilable() -> list[str]:
@@ -109,6 +156,8 @@ _HEADS = (
     ("ForImageClassification", "image-classification"),
     ("ForObjectDetection", "object-detection"),
     ("ForSemanticSegmentation", "image-segmentation"),
+    ("ForInstanceSegmentation", "image-segmentation"),
+    ("ForSegmentation", "image-segmentation"),  # DETR panoptic
     ("ForSequenceClassification", "text-classification"),
     ("ForTokenClassification", "token-classification"),
     ("ForQuestionAnswering", "question-answering"),

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import shutil
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +21,10 @@ from PIL import Image
 
 import runtime
 from compile import CompileOptions, Precision, Progress, ValidationFailed, compile_model
-from tests.conftest import OnDemand, Server
+from tests.conftest import Lazy, Server
 from tests.support.vision import VISION_ARCHS, sample_image
 
-SERVED = {  # the architectures kiln serves per task (panoptic DETR and MaskFormer are not served yet)
-    **{task: archs for task, archs in VISION_ARCHS.items() if task != "image-segmentation"},
-    "image-segmentation": ("segformer",),
-}
+SERVED = dict(VISION_ARCHS)  # kiln serves every tiny architecture; each task's first is the one its server runs
 CASES = [(task, arch) for task, archs in SERVED.items() for arch in archs]
 PARAMETERS: dict[str, dict[str, Any]] = {
     "image-classification": {"top_k": 3},
@@ -56,8 +53,11 @@ def assert_same(task: str, ours: Any, theirs: Any) -> None:
     for a, b in zip(ours, theirs):
         assert a["label"] == b["label"]
         if task == "image-segmentation":
+            assert a["mask"].mode == "L" and a["mask"].size == b["mask"].size
             agreement = (np.array(a["mask"]) == np.array(b["mask"])).mean()
-            assert agreement >= 0.999 and a["score"] is None and b["score"] is None
+            assert agreement >= 0.999 and (a["score"] is None) == (b["score"] is None)
+            if b["score"] is not None:
+                assert a["score"] == pytest.approx(b["score"], abs=1e-4)
             continue
         assert a["score"] == pytest.approx(b["score"], abs=1e-4)
         if task == "object-detection":
@@ -66,10 +66,10 @@ def assert_same(task: str, ours: Any, theirs: Any) -> None:
 
 @pytest.mark.parametrize(("task", "arch"), CASES)
 def test_fp32_matches_the_transformers_pipeline(
-    task: str, arch: str, vision_models: OnDemand, vision_artifacts: OnDemand
+    task: str, arch: str, tiny_models: Lazy[tuple[str, str], Path], artifacts: Lazy[tuple[str, str], Path]
 ) -> None:
-    pipe = runtime.load(vision_artifacts(task, arch))
-    reference = transformers_pipeline(task, vision_models(task, arch))
+    pipe = runtime.load(artifacts[task, arch])
+    reference = transformers_pipeline(task, tiny_models[task, arch])
     assert pipe.input_kind is runtime.InputKind.IMAGE
     images = [sample_image(w, h, seed=i) for i, (w, h) in enumerate(SIZES)]
     for image in images:
@@ -87,19 +87,19 @@ INT8_HOLDS = {
 
 @pytest.mark.parametrize(("task", "arch"), CASES)
 def test_int8_holds_its_gate_or_is_refused_with_the_figures(
-    task: str, arch: str, vision_models: OnDemand, tmp_path: Path
+    task: str, arch: str, tiny_models: Lazy[tuple[str, str], Path], tmp_path: Path
 ) -> None:
     """On these tiny random models int8 holds for the classifiers and SigLIP; CLIP loses a top
     label, and detection and segmentation move their per-query and per-pixel answers too far."""
     options = CompileOptions(precision=Precision.INT8)
     if (task, arch) not in INT8_HOLDS:
         with pytest.raises(ValidationFailed, match="int8-none: FAILED gate"):
-            compile_model(vision_models(task, arch), tmp_path / "int8", options, Progress(quiet=True))
+            compile_model(tiny_models[task, arch], tmp_path / "int8", options, Progress(quiet=True))
         return
-    result = compile_model(vision_models(task, arch), tmp_path / "int8", options, Progress(quiet=True))
+    result = compile_model(tiny_models[task, arch], tmp_path / "int8", options, Progress(quiet=True))
     assert result.manifest.precision == "int8" and result.manifest.validation.min_cosine >= 0.99
     assert result.manifest.validation.label_agreement == 1.0
-    pipe, reference = runtime.load(result.directory), transformers_pipeline(task, vision_models(task, arch))
+    pipe, reference = runtime.load(result.directory), transformers_pipeline(task, tiny_models[task, arch])
     for i, (w, h) in enumerate(SIZES):  # beyond the validation images: scores close, labels on clear margins
         image = sample_image(w, h, seed=10 + i)
         ours, theirs = pipe(image, **PARAMETERS[task]), reference(image, **PARAMETERS[task])
@@ -110,26 +110,123 @@ def test_int8_holds_its_gate_or_is_refused_with_the_figures(
             assert ours[0]["label"] == theirs[0]["label"]
 
 
-def test_auto_compile_says_why_it_keeps_fp32(vision_models: OnDemand, tmp_path: Path) -> None:
+ALL_SUBTASKS = ("panoptic", "instance", "semantic")
+SUBTASKS = {"segformer": ("semantic",), "detr": ALL_SUBTASKS, "maskformer": ALL_SUBTASKS}  # what each processor offers
+
+
+@pytest.mark.parametrize("arch", VISION_ARCHS["image-segmentation"])
+def test_segmentation_subtasks_match_the_transformers_pipeline(
+    arch: str, tiny_models: Lazy[tuple[str, str], Path], artifacts: Lazy[tuple[str, str], Path]
+) -> None:
+    """Each subtask the model's processor offers, at the pipeline's thresholds and looser ones (the
+    tiny models' queries are rarely 90% sure), equals the transformers pipeline's answer; the
+    others are refused, as transformers refuses them."""
+    task = "image-segmentation"
+    pipe = runtime.load(artifacts[task, arch])
+    reference = transformers_pipeline(task, tiny_models[task, arch])
+    found = dict.fromkeys(SUBTASKS[arch], 0)
+    for subtask in SUBTASKS[arch]:
+        for params in (
+            {},
+            {"threshold": 0.5},
+            {"threshold": 0.3, "mask_threshold": 0.4, "overlap_mask_area_threshold": 0.8},
+        ):
+            for i, (w, h) in enumerate(SIZES):
+                image = sample_image(w, h, seed=20 + i)
+                theirs = reference(image, subtask=subtask, **params)
+                assert_same(task, pipe(image, subtask=subtask, **params), theirs)
+                found[subtask] += len(theirs)
+    assert all(found.values()), f"a subtask found no segment, so its test proves nothing: {found}"
+    image = sample_image()
+    for subtask in sorted({*ALL_SUBTASKS, "everything"} - set(SUBTASKS[arch])):
+        with pytest.raises(runtime.Unprocessable, match=f"'{subtask}' is not one this model does; it does: "):
+            pipe(image, subtask=subtask)
+        with pytest.raises(ValueError, match=f"Subtask {subtask} is not supported"):
+            reference(image, subtask=subtask)
+
+
+def test_masks_are_cut_to_the_image_where_the_processor_pads_beyond_it(
+    tiny_models: Lazy[tuple[str, str], Path], artifacts: Lazy[tuple[str, str], Path], tmp_path: Path
+) -> None:
+    """With a `pad_size`, an image fills the top-left of the input, and its masks are cut to that
+    part before they are resized (the transformers pipeline resizes the whole padded mask onto the
+    image). Reference: the processor's own post-processing of PyTorch's masks, cut the same way."""
+    import torch
+    import transformers
+
+    task, arch = "image-segmentation", "maskformer"
+    directory = tmp_path / "padded"
+    shutil.copytree(artifacts[task, arch], directory)
+    config = json.loads((directory / "preprocessor_config.json").read_text())
+    config["pad_size"] = {"height": 128, "width": 128}
+    (directory / "preprocessor_config.json").write_text(json.dumps(config))
+    pipe = runtime.load(directory)
+    processor = transformers.AutoImageProcessor.from_pretrained(directory)  # type: ignore[no-untyped-call]
+    model = transformers.AutoModelForInstanceSegmentation.from_pretrained(tiny_models[task, arch]).eval()
+    found = 0
+    for i, (w, h) in enumerate(SIZES):
+        image = sample_image(w, h, seed=30 + i)
+        inputs = processor(images=[image], return_tensors="pt")
+        filled = inputs["pixel_mask"][0].bool()  # the image's part of the 128 x 128 input
+        height, width = int(filled.any(1).sum()), int(filled.any(0).sum())
+        assert inputs["pixel_values"].shape[-2:] == (128, 128) and (height, width) != (128, 128)
+        with torch.no_grad():
+            outputs = model(pixel_values=inputs["pixel_values"])
+        masks = outputs.masks_queries_logits  # a quarter of the input's size
+        outputs.masks_queries_logits = masks[
+            :, :, : round(masks.shape[2] * height / 128), : round(masks.shape[3] * width / 128)
+        ]
+        want = processor.post_process_panoptic_segmentation(
+            outputs, threshold=0.5, overlap_mask_area_threshold=0.5, target_sizes=[(h, w)]
+        )[0]  # the pipeline's overlap threshold, not the processor's 0.8
+        got = pipe(image, threshold=0.5)
+        assert [g["label"] for g in got] == [model.config.id2label[s["label_id"]] for s in want["segments_info"]]
+        for g, segment in zip(got, want["segments_info"]):
+            assert g["score"] == pytest.approx(segment["score"], abs=1e-4)
+            mask = (want["segmentation"] == segment["id"]).numpy() * 255
+            assert (np.array(g["mask"]) == mask).mean() >= 0.999
+        found += len(got)
+    assert found, "no segment found, so the test proves nothing"
+
+
+@pytest.mark.parametrize("classes", [4, 80])
+def test_instance_order_is_torch_topk_unsorted(classes: int) -> None:
+    """MaskFormer's instances come in the order of torch's `topk(sorted=False)` over queries x
+    classes: libstdc++'s nth_element below 64 classes (and its heap fallback), partial_sort from
+    64. The port gives the same indices, ties included."""
+    import torch
+
+    from runtime.tasks.image_segmentation import topk_unsorted
+
+    rng = np.random.default_rng(classes)
+    cases = [rng.random(int(q) * classes).astype(np.float32) for q in rng.integers(1, 60, 150)]
+    cases += [np.round(values, 1) for values in cases[:50]]
+    tops = [max(1, len(values) // classes) for values in cases]
+    for n in (40, 100, 500):  # Musser's median-of-3 killer: introselect runs out of depth and heap-selects
+        killer = np.zeros(n, dtype=np.float32)
+        killer[0 : n // 2 : 2], killer[1 : n // 2 : 2] = np.arange(1, n // 2, 2), n // 2 + np.arange(1, n // 2, 2)
+        killer[n // 2 :] = 2 * np.arange(1, n // 2 + 1)
+        cases += [killer, -killer]
+        tops += [n // 3, n // 3]
+    for values, k in zip(cases, tops):
+        want = torch.from_numpy(values).topk(k, sorted=False).indices.numpy()
+        assert topk_unsorted(values, k).tolist() == want.tolist()
+
+
+def test_auto_compile_says_why_it_keeps_fp32(tiny_models: Lazy[tuple[str, str], Path], tmp_path: Path) -> None:
     result = compile_model(
-        vision_models("object-detection", "detr"), tmp_path / "auto", CompileOptions(), Progress(quiet=True)
+        tiny_models["object-detection", "detr"], tmp_path / "auto", CompileOptions(), Progress(quiet=True)
     )
     assert result.manifest.precision == "fp32"
     assert any(line.startswith("int8-none: FAILED gate") for line in result.report)
 
 
-@pytest.fixture(scope="module")
-def vision_server(vision_artifacts: OnDemand, start_server: Callable[..., Server]) -> OnDemand:
-    """`vision_server(task)`: a real `kiln serve` of the task's first architecture, on demand."""
-    return OnDemand(lambda task: start_server(str(vision_artifacts(task, SERVED[task][0]))))
-
-
 @pytest.mark.parametrize("task", list(SERVED))
 def test_inference_client_raw_bytes_and_base64_json(
-    task: str, vision_server: OnDemand, vision_models: OnDemand, tmp_path: Path
+    task: str, servers: Lazy[str, Server], tiny_models: Lazy[tuple[str, str], Path], tmp_path: Path
 ) -> None:
-    server = vision_server(task)
-    reference = transformers_pipeline(task, vision_models(task, SERVED[task][0]))
+    server = servers[task]
+    reference = transformers_pipeline(task, tiny_models[task, SERVED[task][0]])
     image = sample_image(90, 70, seed=7)
     data = png(image)
     client = InferenceClient(model=server.url)
@@ -156,8 +253,8 @@ def test_inference_client_raw_bytes_and_base64_json(
     assert answer.status_code == 200 and [r["label"] for r in answer.json()] == [w["label"] for w in want]
 
 
-def test_raw_image_bodies_with_query_parameters_and_curl(vision_server: OnDemand, tmp_path: Path) -> None:
-    server = vision_server("image-classification")
+def test_raw_image_bodies_with_query_parameters_and_curl(servers: Lazy[str, Server], tmp_path: Path) -> None:
+    server = servers["image-classification"]
     image = sample_image(100, 80, seed=3)
     pipe_answer = None
     for media in ("image/png", "IMAGE/PNG; charset=binary", "application/octet-stream"):
@@ -176,8 +273,8 @@ def test_raw_image_bodies_with_query_parameters_and_curl(vision_server: OnDemand
         assert [r["label"] for r in httpx.Response(200, content=out.stdout).json()]
 
 
-def test_image_errors_are_clear(vision_server: OnDemand, tmp_path: Path) -> None:
-    server = vision_server("image-classification")
+def test_image_errors_are_clear(servers: Lazy[str, Server], tmp_path: Path) -> None:
+    server = servers["image-classification"]
     bad = httpx.post(server.url, content=b"not an image at all", headers={"content-type": "image/png"})
     assert bad.status_code == 400 and "could not be decoded" in bad.json()["error"]
     garbage = httpx.post(server.url, json={"inputs": "%%%not-base64%%%"})
@@ -196,9 +293,9 @@ def test_image_errors_are_clear(vision_server: OnDemand, tmp_path: Path) -> None
     assert httpx.get(f"{server.url}/health").status_code == 200
 
 
-def test_exif_orientation_is_applied(vision_server: OnDemand, vision_models: OnDemand) -> None:
+def test_exif_orientation_is_applied(servers: Lazy[str, Server], tiny_models: Lazy[tuple[str, str], Path]) -> None:
     """A JPEG whose EXIF says "rotate": the answer is the transformers pipeline's on the same file."""
-    server = vision_server("image-classification")
+    server = servers["image-classification"]
     image = sample_image(120, 40, seed=5)
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
@@ -206,7 +303,7 @@ def test_exif_orientation_is_applied(vision_server: OnDemand, vision_models: OnD
     image.save(data, format="JPEG", exif=exif.tobytes(), quality=95)
     from transformers.image_utils import load_image
 
-    reference = transformers_pipeline("image-classification", vision_models("image-classification", "vit"))
+    reference = transformers_pipeline("image-classification", tiny_models["image-classification", "vit"])
     want = reference(load_image(Image.open(io.BytesIO(data.getvalue()))), top_k=3)
     got = httpx.post(f"{server.url}/?top_k=3", content=data.getvalue(), headers={"content-type": "image/jpeg"}).json()
     assert [g["label"] for g in got] == [w["label"] for w in want]
