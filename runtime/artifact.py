@@ -29,6 +29,7 @@ class Source(msgspec.Struct, frozen=True):
     model: str
     revision: str | None = None
     local: bool = False
+    content: str = ""  # `content_hash` of the model's files: what was compiled, wherever it lay
 
 
 class TokenizerInfo(msgspec.Struct, frozen=True):
@@ -86,6 +87,7 @@ class Manifest(msgspec.Struct, frozen=True):
     versions: dict[str, str]
     pooling: SentencePooling | None = None
     image_processor: dict[str, Any] | None = None
+    choice: dict[str, Any] = {}  # how compile chose among its candidates, and what each measured
     graphs: dict[str, str] = {}
     backend: str = "onnxruntime"
     compile_seconds: float = 0.0
@@ -99,6 +101,24 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+_CONTENT_HASHES: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}
+
+
+def content_hash(directory: Path) -> str:
+    """sha256 over the names and bytes of every file below `directory` (`.git` aside): the same
+    model has the same hash wherever it is installed. Remembered per process while no file's size
+    or modification time changes, so asking twice reads the files once."""
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and ".git" not in p.relative_to(directory).parts)
+    stats = tuple((str(p.relative_to(directory)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    key = (str(directory.resolve()), stats)
+    if key not in _CONTENT_HASHES:
+        digest = hashlib.sha256()
+        for (name, _, _), path in zip(stats, files):
+            digest.update(f"{name}\0{sha256(path)}\0".encode())
+        _CONTENT_HASHES[key] = digest.hexdigest()
+    return _CONTENT_HASHES[key]
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> None:

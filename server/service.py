@@ -42,11 +42,12 @@ class Service:
         self.started = time.monotonic()
         self.ready_after: float | None = None
         self.batcher: Batcher | None = None
+        self.phase = "the model is loading"
 
     def load(self) -> None:
         """Blocking: compile if needed, load, warm up. Runs on a worker thread at start-up."""
         try:
-            self.artifact = model_source.prepare(self.settings)
+            self.artifact = model_source.prepare(self.settings, self._compiling)
             pipeline = runtime.load(
                 self.artifact,
                 device=self.settings.device,
@@ -104,13 +105,17 @@ class Service:
             "max_wait_ms": self.settings.batch_wait_ms,
         }
 
+    def _compiling(self, line: str) -> None:
+        self.phase = "the model is compiling (first start)"
+        log.info(line)
+
     def ready(self) -> Pipeline:
         if self.closing:
             raise NotReady("the server is shutting down")
         if self.failure is not None:
             raise NotReady(self.failure)
         if self.pipeline is None:
-            raise NotReady("the model is loading; retry shortly")
+            raise NotReady(f"{self.phase}; retry shortly")
         return self.pipeline
 
     async def run(self, task: str, batch: int, fn: Callable[[], T]) -> T:
