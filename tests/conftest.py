@@ -91,6 +91,16 @@ def minilm_artifact(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     return compile_model(minilm_dir, out, options, Progress(quiet=True)).directory
 
 
+def die_with_parent() -> None:
+    """In the child: ask Linux to end it when the test process ends, however that ends (a killed
+    pytest leaves no servers behind holding ports and memory)."""
+    if sys.platform == "linux":
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class Server:
     """A real `kiln serve` subprocess on a free 127.0.0.1 port."""
 
@@ -104,6 +114,7 @@ class Server:
             env=env,
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
         )
 
     def wait_ready(self, timeout: float = 300) -> float:
