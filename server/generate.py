@@ -14,19 +14,20 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import anyio
 import anyio.from_thread
 import msgspec
-from litestar import Request, post
+from litestar import Request, Response, post
 from litestar.response import Stream
 
 from runtime.tasks.text_generation import Finished, GenerativePipeline, Prepared, Token
 from server import wire
 from server.docs import ROUTE_ERRORS, documented
 from server.errors import BadRequest, NotServed
-from server.routing import observe, require_token
+from server.routing import answer, observe, require_token
 from server.service import Service
 
 SSE = "text/event-stream"
@@ -94,6 +95,12 @@ async def finish(
         finally:
             group.cancel_scope.cancel()
     return result
+
+
+def served_name(pipeline: GenerativePipeline) -> str:
+    """The model's name for answers: its Hub id, or a local directory's name (never its path)."""
+    source = pipeline.manifest.source
+    return Path(source.model).name if source.local else source.model
 
 
 def sse(payload: Any) -> bytes:
@@ -232,7 +239,7 @@ def _openai_response(
 async def _openai_stream(
     service: Service, pipeline: GenerativePipeline, prepared: Prepared, model: str, chunk: Callable[..., dict[str, Any]]
 ) -> AsyncIterator[bytes]:
-    ident = f"chatcmpl-{uuid.uuid4().hex}"
+    ident = f"{'chatcmpl' if chunk is _chat_chunk else 'cmpl'}-{uuid.uuid4().hex}"
     created = int(time.time())
     yield sse(chunk(ident, created, model, {"role": "assistant", "content": ""}, None))
     try:
@@ -275,7 +282,7 @@ async def _openai(
     req: R = wire.decode_json(request.headers.get("content-type"), await request.body(), route, kind)
     parameters = openai_parameters(req)
     prepared = await service.run(pipeline.task, 1, lambda: pipeline.prepare(prompt(req), parameters))
-    model = req.model or pipeline.manifest.source.model
+    model = req.model or served_name(pipeline)
     if req.stream:
         service.admission.check()
         return Stream(_openai_stream(service, pipeline, prepared, model, chunk), media_type=SSE)
@@ -291,14 +298,14 @@ async def _openai(
     summary="OpenAI chat",
     **documented(ChatRequest, ROUTE_ERRORS),
 )
-async def chat_completions(request: Request[Any, Any, Any], service: Service) -> Any:
+async def chat_completions(request: Request[Any, Any, Any], service: Service) -> Response[Any]:
     if generative(service).task != "text-generation":
         raise NotServed(f"this server serves {generative(service).task}; chat needs a text-generation model")
-    answer = await _openai(request, service, "/v1/chat/completions", ChatRequest, lambda r: r.messages, _chat_chunk)
-    if isinstance(answer, Stream):
-        return answer
-    _, model, finished = answer
-    return _openai_response("chat.completion", model, finished.text, finished)
+    outcome = await _openai(request, service, "/v1/chat/completions", ChatRequest, lambda r: r.messages, _chat_chunk)
+    if isinstance(outcome, Stream):
+        return outcome
+    _, model, finished = outcome
+    return answer(service, _openai_response("chat.completion", model, finished.text, finished))
 
 
 @post(
@@ -309,14 +316,15 @@ async def chat_completions(request: Request[Any, Any, Any], service: Service) ->
     summary="OpenAI completions",
     **documented(CompletionRequest, ROUTE_ERRORS),
 )
-async def completions(request: Request[Any, Any, Any], service: Service) -> Any:
-    answer = await _openai(
+async def completions(request: Request[Any, Any, Any], service: Service) -> Response[Any]:
+    outcome = await _openai(
         request, service, "/v1/completions", CompletionRequest, lambda r: r.prompt, _completion_chunk
     )
-    if isinstance(answer, Stream):
-        return answer
-    req, model, finished = answer
-    return _openai_response("text_completion", model, (req.prompt if req.echo else "") + finished.text, finished)
+    if isinstance(outcome, Stream):
+        return outcome
+    req, model, finished = outcome
+    text = (req.prompt if req.echo else "") + finished.text
+    return answer(service, _openai_response("text_completion", model, text, finished))
 
 
 ROUTES = [chat_completions, completions]

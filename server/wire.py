@@ -87,7 +87,8 @@ def _object(content_type: str | None, body: bytes, task: str) -> dict[str, Any]:
 
 
 def _split(payload: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    parameters = payload.get("parameters") or {}
+    parameters = payload.get("parameters")
+    parameters = {} if parameters is None else parameters
     if not isinstance(parameters, dict):
         raise BadRequest("`parameters` must be a JSON object")
     extra = set(payload) - TOP_LEVEL

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import re
 import struct
 
 from PIL import Image, ImageOps
@@ -45,7 +46,8 @@ def load_image(data: bytes, *, max_pixels: int) -> Image.Image:
             f"the image is too large to decode ({exc}); at most {max_pixels} pixels are allowed"
         ) from exc
     except _DECODE_ERRORS as exc:
-        raise InvalidInput(f"the image could not be decoded ({', '.join(FORMATS)} are accepted): {exc}") from exc
+        reason = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the data", str(exc))
+        raise InvalidInput(f"the image could not be decoded ({', '.join(FORMATS)} are accepted): {reason}") from exc
 
 
 _URL_SAFE = str.maketrans("-_", "+/")

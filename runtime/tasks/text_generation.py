@@ -147,7 +147,8 @@ class GenerativePipeline(TextPipeline):
             asked = int(d.get("max_new_tokens") or self.limits.default_new_tokens)
             new = max(1, min(asked, self.limits.max_new_tokens, window))
         if new < 1:
-            raise InvalidParameter(f"nothing to generate: `max_new_tokens` is {new}")
+            which = "`max_new_tokens`" if params.max_new_tokens is not None else f"`max_length` {params.max_length}"
+            raise InvalidParameter(f"nothing to generate: {which} leaves {new} new tokens")
         if new > self.limits.max_new_tokens:
             raise Unprocessable(f"`max_new_tokens` is {new}; this server allows at most {self.limits.max_new_tokens}")
         if new > window:
@@ -159,6 +160,8 @@ class GenerativePipeline(TextPipeline):
         temperature = params.temperature if params.temperature is not None else float(d.get("temperature") or 1.0)
         if params.do_sample is None and params.temperature is not None and params.temperature > 0:
             do_sample = True  # text-generation-inference samples when a temperature is given
+        if temperature < 0:
+            raise InvalidParameter(f"`temperature` must be at least 0 (0: greedy); got {temperature}")
         if temperature < MIN_TEMPERATURE:  # 0, or so small that sampling is argmax (and overflows)
             do_sample, temperature = False, 1.0
         if params.top_k is not None and params.top_k < 0:
@@ -178,7 +181,8 @@ class GenerativePipeline(TextPipeline):
 
     def prompt_ids(self, inputs: Any, params: GenerationParameters) -> tuple[str, list[int]]:
         if not isinstance(inputs, str) or not inputs:
-            raise InvalidInput(f"`inputs` must be a non-empty string; got {type_name(inputs)}")
+            got = "an empty string" if inputs == "" else type_name(inputs)
+            raise InvalidInput(f"`inputs` must be a non-empty string; got {got}")
         return inputs, self.encode_prompt(inputs, params)
 
     def encode_prompt(self, prompt: str, params: GenerationParameters, *, add_special_tokens: bool = True) -> list[int]:
