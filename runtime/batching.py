@@ -6,7 +6,8 @@ thread takes what callers have queued (up to a number of items and a cost budget
 pixels for images) and runs them as one call, in which the pipeline's core sorts them by length,
 so inputs of similar length share padding. Then every caller gets exactly its own outputs.
 
-- A lone request pays no wait: the gathering thread waits for more only when other callers are
+- A lone request pays no wait and no hand-off: with nothing queued or running and nobody about to
+  come, it runs its items on its own thread. The gathering thread waits for more only when callers are
   already inside the pipeline (admitted, preprocessing) and have not handed their items over yet,
   and then at most `max_wait_s`.
 - A batch that fails is retried one caller at a time, so the input that broke it fails alone and
@@ -80,6 +81,7 @@ class Batcher:
         self.on_batch = on_batch
         self._queue: list[_Job] = []
         self._expected = 0  # callers inside the pipeline that have not handed their items over yet
+        self._busy = False  # a model call is running (on the batcher's thread, or inline)
         self._local = threading.local()
         self._cond = threading.Condition()
         self._closed = False
@@ -114,8 +116,23 @@ class Batcher:
             if self._closed:
                 raise RuntimeError("the batcher is closed")
             self._arrived()
-            self._queue.append(job)
-            self._cond.notify_all()
+            # alone (nothing queued, nothing running, nobody about to come): run here, no hand-off
+            inline = not self._queue and not self._busy and not self._expected
+            if inline:
+                self._busy = True
+            else:
+                self._queue.append(job)
+                self._cond.notify_all()
+        if inline:
+            try:
+                outputs = self._checked(items)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+            if self.on_batch is not None:
+                self.on_batch(BatchStats(1, len(items), [0.0]))
+            return outputs
         job.done.wait()
         if job.error is not None:
             raise job.error
@@ -132,7 +149,7 @@ class Batcher:
         """The next batch: what is queued, within the limits; waiting a little for callers already
         inside the pipeline, never when the queue holds the only request."""
         with self._cond:
-            while not self._queue and not self._closed:
+            while (not self._queue or self._busy) and not self._closed:
                 self._cond.wait()
             if self._closed and not self._queue:
                 return None
@@ -150,12 +167,18 @@ class Batcher:
                 remaining = deadline - time.perf_counter()
                 if full or not self._expected or remaining <= 0:
                     del self._queue[: len(jobs)]
+                    self._busy = True
                     return jobs
                 self._cond.wait(remaining)
 
     def _loop(self) -> None:
         while (jobs := self._take()) is not None:
-            self._serve(jobs)
+            try:
+                self._serve(jobs)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
 
     def _serve(self, jobs: list[_Job]) -> None:
         started = time.perf_counter()
