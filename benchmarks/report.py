@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from benchmarks.batching import artifact_name, pair
+
 CHARTS = ("latency_by_shape.png", "speedup_by_task.png", "throughput_by_concurrency.png")
 
 
@@ -64,6 +66,45 @@ def _vision(results: dict[str, Any]) -> list[str]:
             for r in vision["preprocessing"]
         ],
     ]
+
+
+def _ratio(on: float, off: float) -> str:
+    return f"{on / off:.2f}x" if off else "-"
+
+
+def _batching(results: dict[str, Any]) -> list[str]:
+    """Batching on against off, cell by cell: artifact, sentence length, clients."""
+    batching = results["server"].get("batching")
+    if not batching:
+        return []
+    rows = batching["rows"]
+    cells = dict.fromkeys((r["artifact"], r["precision"], r["sentence"], r["tokens"], r["concurrency"]) for r in rows)
+    lines = [
+        "",
+        "Dynamic batching (`KILN_BATCHING` on / off): one server per setting, side by side, loaded by the "
+        f"same clients as above for {batching['seconds_per_level']:g} s per row (one client: in four slices "
+        "taken in turn on one and the other); one sentence per request, short ~16 tokens, "
+        "long ~128. Items per call: the mean inputs per model call during the batched run, from the "
+        "server's `/metrics` (`kiln_model_batch_items`). int8 runs one input at a time inside the model "
+        "call by design (dynamic per-tensor scales would let a batch move a result): batching gathers "
+        "its requests but cannot share the matrix work, so its throughput is not a goal.",
+        "",
+        "| artifact | sentence | clients | req/s off | req/s on | on / off | p50 off | p50 on | p95 off | p95 on "
+        "| items/call |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for artifact, precision, sentence, tokens, concurrency in cells:
+        found = pair(rows, artifact, sentence, concurrency)
+        if found is None:
+            continue
+        on, off = found
+        lines.append(
+            f"| {artifact_name(artifact, precision)} | {sentence} (~{tokens} tok) | {concurrency} | "
+            f"{off['throughput_rps']:.0f} | {on['throughput_rps']:.0f} | "
+            f"{_ratio(on['throughput_rps'], off['throughput_rps'])} | {_ms(off['p50_ms'])} | {_ms(on['p50_ms'])} | "
+            f"{_ms(off['p95_ms'])} | {_ms(on['p95_ms'])} | {_ms(on['items_per_call'])} |"
+        )
+    return lines
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -144,6 +185,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"{x['x16_p99_ms']:.1f} |"
             for x in s["spinning"]
         ],
+        *_batching(results),
         "",
         "Charts: `latency_by_shape.png`, `speedup_by_task.png`, `throughput_by_concurrency.png`.",
         "",

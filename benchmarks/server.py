@@ -54,11 +54,15 @@ class Process:
             self.process.kill()
 
 
-def start(name: str, command: list[str], env: dict[str, str], port: int, timeout: float = 300) -> Process:
-    """Start a server and time it from process start to its first `/health` 200."""
+def start(
+    name: str, command: list[str], env: dict[str, str], port: int, timeout: float = 300, log: Path | None = None
+) -> Process:
+    """Start a server and time it from process start to its first `/health` 200; its output goes
+    to `log` when given, else nowhere."""
     url = f"http://127.0.0.1:{port}"
     began = time.monotonic()
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(log or os.devnull, "ab") as output:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=output)
     while time.monotonic() - began < timeout:
         if process.poll() is not None:
             raise RuntimeError(f"{name} exited with {process.returncode}")
@@ -75,11 +79,14 @@ def start(name: str, command: list[str], env: dict[str, str], port: int, timeout
     return Process(name, process, url, cold, rss_mb(process.pid))
 
 
-def kiln(artifact: Path, cache: Path, *extra: str, env: dict[str, str] | None = None) -> Process:
+def kiln(
+    artifact: Path, cache: Path, *extra: str, env: dict[str, str] | None = None, log: Path | None = None
+) -> Process:
+    """`kiln serve ARTIFACT` on a free port of 127.0.0.1, offline, with `env` over this process's."""
     port = free_port()
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "KILN_CACHE": str(cache), **(env or {})}
     command = [sys.executable, "-m", "kiln", "serve", str(artifact), "--port", str(port), *extra]
-    return start("kiln", command, environment, port)
+    return start("kiln", command, environment, port, log=log)
 
 
 def pytorch(model: Path, task: str) -> Process:
@@ -97,13 +104,38 @@ class Level:
     seconds: float
     throughput_rps: float
     p50_ms: float
+    p95_ms: float
     p99_ms: float
     statuses: dict[str, int] = field(default_factory=dict)
 
 
-async def _load(url: str, body: dict[str, Any], concurrency: int, seconds: float, max_requests: int) -> Level:
-    latencies: list[float] = []
-    statuses: Counter[str] = Counter()
+@dataclass
+class _Sample:
+    """What one stretch of load saw: each 200's latency (ms), every status, the seconds it took."""
+
+    latencies: list[float] = field(default_factory=list)
+    statuses: Counter[str] = field(default_factory=Counter)
+    elapsed: float = 0.0
+
+    def level(self, server: str, concurrency: int) -> Level:
+        ok = self.latencies or [float("nan")]
+        return Level(
+            server,
+            concurrency,
+            self.statuses.total(),
+            self.elapsed,
+            len(self.latencies) / self.elapsed,
+            statistics.median(ok),
+            float(np.percentile(ok, 95)),
+            float(np.percentile(ok, 99)),
+            dict(self.statuses),
+        )
+
+
+async def _load(
+    url: str, body: dict[str, Any], concurrency: int, seconds: float, max_requests: int, into: _Sample
+) -> None:
+    latencies, statuses = into.latencies, into.statuses
     deadline = time.monotonic() + seconds
     issued = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -126,24 +158,53 @@ async def _load(url: str, body: dict[str, Any], concurrency: int, seconds: float
 
         began = time.monotonic()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.monotonic() - began
-    ok = latencies or [float("nan")]
-    return Level(
-        "",
-        concurrency,
-        sum(statuses.values()),
-        elapsed,
-        len(latencies) / elapsed,
-        statistics.median(ok),
-        float(np.percentile(ok, 99)),
-        dict(statuses),
-    )
+        into.elapsed += time.monotonic() - began
 
 
 def load(server: Process, body: dict[str, Any], concurrency: int, seconds: float, max_requests: int = 5000) -> Level:
-    level = asyncio.run(_load(server.url, body, concurrency, seconds, max_requests))
-    level.server = server.name
-    return level
+    sample = _Sample()
+    asyncio.run(_load(server.url, body, concurrency, seconds, max_requests, sample))
+    return sample.level(server.name, concurrency)
+
+
+def alternate(
+    servers: list[Process],
+    body: dict[str, Any],
+    concurrency: int,
+    seconds: float,
+    slices: int = 4,
+    max_requests: int = 5000,
+) -> list[Level]:
+    """`load` on each server for `seconds` in all, cut into `slices` taken in turn (a, b, b, a, a,
+    b, ...), so that what a busy machine does meanwhile falls on every server alike. Each slice
+    ends by waiting for its requests in flight: where latency is a good part of a slice, that
+    tail lowers the throughput measured, so cut only where requests are short against a slice."""
+    samples = [_Sample() for _ in servers]
+    order = list(range(len(servers)))
+    for turn in range(slices):
+        for i in order if turn % 2 == 0 else order[::-1]:
+            run = _load(servers[i].url, body, concurrency, seconds / slices, max_requests // slices, samples[i])
+            asyncio.run(run)
+    return [sample.level(server.name, concurrency) for server, sample in zip(servers, samples)]
+
+
+def metrics(server: Process) -> dict[str, float]:
+    """The server's unlabelled Prometheus samples (`kiln_items_total`, `..._sum`, `..._count`),
+    and labelled ones under their full line name (`kiln_requests_total{status="200",...}`)."""
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def mean_per_call(before: dict[str, float], after: dict[str, float], histogram: str) -> float:
+    """A histogram's mean over what happened between two readings of `metrics` (nan if nothing)."""
+    calls = after.get(f"{histogram}_count", 0.0) - before.get(f"{histogram}_count", 0.0)
+    total = after.get(f"{histogram}_sum", 0.0) - before.get(f"{histogram}_sum", 0.0)
+    return total / calls if calls else float("nan")
 
 
 def http_latency(server: Process, body: dict[str, Any], count: int) -> list[float]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import statistics
 import tempfile
 import time
@@ -19,14 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import runtime
-from benchmarks import generation, inprocess, machine, report, server, vision
-from compile import CompileOptions, Device, Progress, compile_model
+from benchmarks import batching, generation, inprocess, machine, report, server, vision
+from compile import CompileOptions, Device, Precision, Progress, compile_model
 
 GOALS = {
     "minilm_fp32_speedup": 1.5,
     "minilm_int8_speedup": 2.5,
     "server_overhead_ms": 1.0,
     "vision_fp32_speedup": 1.5,
+    "batching_x16_short_speedup": 2.0,
+    "batching_x1_p50_penalty_ms": 0.3,
 }
 TINY_QUICK = ["text-classification", "question-answering"]
 TINY_FULL = [
@@ -38,6 +41,7 @@ TINY_FULL = [
     "ranking",
 ]
 CONCURRENCY = [1, 4, 16, 64]
+BATCHING_QUICK = [1, 16]
 
 
 def log(message: str) -> None:
@@ -170,7 +174,8 @@ def classify_images(
 
 
 def serve(minilm: Path, work: Path, *, quick: bool, device: str, say: Callable[[str], None]) -> dict[str, Any]:
-    """kiln (its default artifact for the model) against the PyTorch path, over HTTP."""
+    """kiln (its default artifact for the model) against the PyTorch path, over HTTP; then dynamic
+    batching on and off (`batch_serving`)."""
     seconds = 3.0 if quick else 10.0
     artifact = work / "served-minilm"
     say("server: compiling all-MiniLM-L6-v2 with kiln's defaults")
@@ -183,6 +188,8 @@ def serve(minilm: Path, work: Path, *, quick: bool, device: str, say: Callable[[
     for _ in range(30):
         pipe(body["inputs"])
     in_process = [inprocess.timed(pipe, body["inputs"]) for _ in range(200)]
+    assert isinstance(pipe, runtime.TextPipeline)
+    texts = {name: inprocess.text_of(tokens, pipe) for name, tokens in batching.SENTENCES.items()}
     del pipe
     started = [server.kiln(artifact, work / "cache")]
     try:
@@ -217,6 +224,8 @@ def serve(minilm: Path, work: Path, *, quick: bool, device: str, say: Callable[[
             )
             probe.stop()
         results["spinning"] = settings
+        default = batching.Artifact("default", manifest.precision, artifact)
+        results["batching"] = batch_serving(minilm, default, texts, work, seconds, quick=quick, device=device, say=say)
         say("server: starting the PyTorch path (sentence-transformers behind HTTP)")
         torch_server = server.pytorch(minilm, "sentence-embeddings")
         started.append(torch_server)
@@ -237,6 +246,36 @@ def serve(minilm: Path, work: Path, *, quick: bool, device: str, say: Callable[[
         for process in started:
             process.stop()
     return results
+
+
+def batch_serving(
+    minilm: Path,
+    default: batching.Artifact,
+    texts: dict[str, str],
+    work: Path,
+    seconds: float,
+    *,
+    quick: bool,
+    device: str,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """Batching on and off, short and long sentences, for the fp32 artifact and (full run) kiln's
+    default one, `seconds` per level: throughput, p50/p95 and mean inputs per model call."""
+    say("server: compiling all-MiniLM-L6-v2 in fp32 (kiln compile --precision fp32)")
+    options = CompileOptions(task="sentence-embeddings", device=Device(device), precision=Precision.FP32)
+    fp32 = compile_model(minilm, work / "served-minilm-fp32", options, Progress(quiet=True))
+    artifacts = [batching.Artifact("fp32", fp32.manifest.precision, fp32.directory)]
+    if not quick:
+        artifacts.append(default)
+    levels = BATCHING_QUICK if quick else CONCURRENCY
+    rows = []
+    for artifact in artifacts:
+        rows += batching.compare(artifact, work / "cache", texts, levels, seconds, say)
+    return {
+        "texts": texts,
+        "seconds_per_level": seconds,
+        "rows": [dataclasses.asdict(row) for row in rows],
+    }
 
 
 def describe(level: server.Level) -> str:
@@ -289,7 +328,42 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
             "measured": f"{errors} errors",
             "met": errors == 0,
         },
+        *batching_goals(server_results.get("batching", {}).get("rows", [])),
     ]
+
+
+def batching_goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per artifact: 16 clients on short sentences, req/s batching on / off (not for int8: it runs
+    one input at a time inside the model call, so batching cannot share its work); and one
+    client, p50 on - p50 off, the worse of short and long sentences."""
+    found = []
+    for artifact, precision in dict.fromkeys((r["artifact"], r["precision"]) for r in rows):
+        name = f"all-MiniLM-L6-v2 {batching.artifact_name(artifact, precision)} over HTTP"
+        busy = batching.pair(rows, artifact, "short", 16)
+        if busy is not None and precision != "int8":
+            on, off = busy
+            ratio = on["throughput_rps"] / off["throughput_rps"] if off["throughput_rps"] else math.nan
+            found.append(
+                {
+                    "goal": f"{name}, 16 clients, short sentences: req/s batching on / off",
+                    "target": f">= {GOALS['batching_x16_short_speedup']:g}x",
+                    "measured": f"{ratio:.2f}x ({on['throughput_rps']:.0f} / {off['throughput_rps']:.0f} req/s, "
+                    f"{on['items_per_call']:.1f} items/call)",
+                    "met": ratio >= GOALS["batching_x16_short_speedup"],
+                }
+            )
+        alone = [p for sentence in batching.SENTENCES if (p := batching.pair(rows, artifact, sentence, 1))]
+        if alone:
+            worst = max(on["p50_ms"] - off["p50_ms"] for on, off in alone)
+            found.append(
+                {
+                    "goal": f"{name}, 1 client: p50 batching on - off (worse of short, long)",
+                    "target": f"<= {GOALS['batching_x1_p50_penalty_ms']:g} ms",
+                    "measured": f"{worst:+.2f} ms",
+                    "met": worst <= GOALS["batching_x1_p50_penalty_ms"],
+                }
+            )
+    return found
 
 
 def vision_goal(model: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
