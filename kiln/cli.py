@@ -390,8 +390,23 @@ def shorten(message: str, limit: int = 600) -> str:
     return message if len(message) <= limit else message[: limit - 3] + "..."
 
 
+def few_malloc_arenas() -> None:
+    """glibc gives each new thread its own malloc arena, up to 8 per core, and hands little back:
+    with a batch's worth of worker threads, resident memory crept ~2 MB a minute under load. Two
+    arenas keep it flat; set before any worker thread starts (Linux with glibc only)."""
+    if sys.platform != "linux":
+        return
+    import contextlib
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
+        ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX
+
+
 def serve_command(args: argparse.Namespace) -> int:
     import uvicorn
+
+    few_malloc_arenas()
 
     from server.app import Service, create_app, exit_on_fatal
     from server.connections import ConnectionLimits, protocol_for, raise_fd_limit, within_fd_limit
