@@ -15,16 +15,15 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 import numpy as np
-from litestar import Request, Response, post
+from litestar import Request, Response
 
 from runtime import TextPipeline
 from runtime.errors import InvalidParameter
 from runtime.tasks.ranking import RankingParameters, RankingPipeline
 from runtime.tasks.sentence_embeddings import EmbeddingParameters, SentenceEmbedder
 from server import wire
-from server.docs import ROUTE_ERRORS, documented
 from server.errors import BadRequest, NotServed
-from server.routing import answer, observe, require_token
+from server.routing import answer, api_route, served_name
 from server.service import Service
 
 S = TypeVar("S", bound=msgspec.Struct)
@@ -97,14 +96,7 @@ async def decode(request: Request[Any, Any, Any], what: str, kind: type[S]) -> S
     return wire.decode_json(request.headers.get("content-type"), await request.body(), what, kind)  # type: ignore[no-any-return]
 
 
-@post(
-    "/v1/embeddings",
-    status_code=200,
-    guards=[require_token],
-    middleware=[observe],
-    summary="OpenAI embeddings",
-    **documented(OpenAIEmbeddingRequest, ROUTE_ERRORS),
-)
+@api_route("/v1/embeddings", "OpenAI embeddings", OpenAIEmbeddingRequest)
 async def openai_embeddings(request: Request[Any, Any, Any], service: Service) -> Response[bytes]:
     pipeline = embedder(service)
     req = await decode(request, "/v1/embeddings", OpenAIEmbeddingRequest)
@@ -123,20 +115,13 @@ async def openai_embeddings(request: Request[Any, Any, Any], service: Service) -
         {
             "object": "list",
             "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(data)],
-            "model": req.model or pipeline.manifest.source.model,
+            "model": req.model or served_name(pipeline),
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         },
     )
 
 
-@post(
-    "/embed",
-    status_code=200,
-    guards=[require_token],
-    middleware=[observe],
-    summary="TEI embed",
-    **documented(EmbedRequest, ROUTE_ERRORS),
-)
+@api_route("/embed", "TEI embed", EmbedRequest)
 async def tei_embed(request: Request[Any, Any, Any], service: Service) -> Response[bytes]:
     pipeline = embedder(service)
     req = await decode(request, "/embed", EmbedRequest)
@@ -151,14 +136,7 @@ async def tei_embed(request: Request[Any, Any, Any], service: Service) -> Respon
     return answer(service, shorten(vectors, req.dimensions, req.normalize))
 
 
-@post(
-    "/rerank",
-    status_code=200,
-    guards=[require_token],
-    middleware=[observe],
-    summary="TEI rerank",
-    **documented(RerankRequest, ROUTE_ERRORS),
-)
+@api_route("/rerank", "TEI rerank", RerankRequest)
 async def tei_rerank(request: Request[Any, Any, Any], service: Service) -> Response[bytes]:
     pipeline = service.ready()
     if not isinstance(pipeline, RankingPipeline):
@@ -174,14 +152,7 @@ async def tei_rerank(request: Request[Any, Any, Any], service: Service) -> Respo
     return answer(service, await service.run(pipeline.task, len(req.texts), lambda: pipeline.predict(inputs, params)))
 
 
-@post(
-    "/similarity",
-    status_code=200,
-    guards=[require_token],
-    middleware=[observe],
-    summary="TEI similarity",
-    **documented(SimilarityRequest, ROUTE_ERRORS),
-)
+@api_route("/similarity", "TEI similarity", SimilarityRequest)
 async def tei_similarity(request: Request[Any, Any, Any], service: Service) -> Response[bytes]:
     pipeline = embedder(service)
     req = await decode(request, "/similarity", SimilarityRequest)
@@ -189,14 +160,7 @@ async def tei_similarity(request: Request[Any, Any, Any], service: Service) -> R
     return answer(service, await service.infer(pipeline, inputs, req.parameters))
 
 
-@post(
-    "/tokenize",
-    status_code=200,
-    guards=[require_token],
-    middleware=[observe],
-    summary="TEI tokenize",
-    **documented(TokenizeRequest, ROUTE_ERRORS),
-)
+@api_route("/tokenize", "TEI tokenize", TokenizeRequest)
 async def tei_tokenize(request: Request[Any, Any, Any], service: Service) -> Response[bytes]:
     """Every token of each text, without truncation; a text of more than `TOKENIZE_WINDOWS` times
     the model's window is refused (422), decided from a cut, so the answer's size is bounded."""

@@ -14,20 +14,18 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import anyio
 import anyio.from_thread
 import msgspec
-from litestar import Request, Response, post
+from litestar import Request, Response
 from litestar.response import Stream
 
 from runtime.tasks.text_generation import Finished, GenerativePipeline, Prepared, Token
 from server import wire
-from server.docs import ROUTE_ERRORS, documented
 from server.errors import BadRequest, NotServed
-from server.routing import answer, observe, require_token
+from server.routing import answer, api_route, served_name
 from server.service import Service
 
 SSE = "text/event-stream"
@@ -95,12 +93,6 @@ async def finish(
         finally:
             group.cancel_scope.cancel()
     return result
-
-
-def served_name(pipeline: GenerativePipeline) -> str:
-    """The model's name for answers: its Hub id, or a local directory's name (never its path)."""
-    source = pipeline.manifest.source
-    return Path(source.model).name if source.local else source.model
 
 
 def sse(payload: Any) -> bytes:
@@ -290,14 +282,7 @@ async def _openai(
     return req, model, finished
 
 
-@post(
-    "/v1/chat/completions",
-    status_code=200,
-    guards=[require_token],
-    middleware=[observe],
-    summary="OpenAI chat",
-    **documented(ChatRequest, ROUTE_ERRORS),
-)
+@api_route("/v1/chat/completions", "OpenAI chat", ChatRequest)
 async def chat_completions(request: Request[Any, Any, Any], service: Service) -> Response[Any]:
     if generative(service).task != "text-generation":
         raise NotServed(f"this server serves {generative(service).task}; chat needs a text-generation model")
@@ -308,14 +293,7 @@ async def chat_completions(request: Request[Any, Any, Any], service: Service) ->
     return answer(service, _openai_response("chat.completion", model, finished.text, finished))
 
 
-@post(
-    "/v1/completions",
-    status_code=200,
-    guards=[require_token],
-    middleware=[observe],
-    summary="OpenAI completions",
-    **documented(CompletionRequest, ROUTE_ERRORS),
-)
+@api_route("/v1/completions", "OpenAI completions", CompletionRequest)
 async def completions(request: Request[Any, Any, Any], service: Service) -> Response[Any]:
     outcome = await _openai(
         request, service, "/v1/completions", CompletionRequest, lambda r: r.prompt, _completion_chunk

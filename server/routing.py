@@ -7,16 +7,20 @@ import hmac
 import re
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
-from litestar import Response
+import msgspec
+from litestar import Response, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.enums import ScopeType
 from litestar.handlers import BaseRouteHandler
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from runtime import Pipeline
 from server import wire
+from server.docs import ROUTE_ERRORS, documented
 from server.errors import Unauthorized
 from server.service import Service
 
@@ -24,6 +28,22 @@ from server.service import Service
 def answer(service: Service, result: Any) -> Response[bytes]:
     """A 200 JSON answer, refused (422) past the configured response size."""
     return Response(wire.encode_json(result, service.settings.max_response_bytes), media_type="application/json")
+
+
+def served_name(pipeline: Pipeline) -> str:
+    """The model's name in answers (OpenAI's `model`): its Hub id, or a local directory's name,
+    never its path on this machine."""
+    source = pipeline.manifest.source
+    return Path(source.model).name if source.local else source.model
+
+
+def api_route(path: str, summary: str, body: type[msgspec.Struct]) -> post:
+    """A POST route of an API people already call (OpenAI, TEI): token, metrics, its body and its
+    errors in the OpenAPI schema, 200 on success."""
+    return post(
+        path, status_code=200, guards=[require_token], middleware=[observe], summary=summary,
+        **documented(body, ROUTE_ERRORS),
+    )  # fmt: skip
 
 
 def get_service(state: State) -> Service:
