@@ -6,7 +6,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-from benchmarks import inprocess, report
+from benchmarks import inprocess, report, server
+from tests.conftest import Server
 
 
 def test_inprocess_comparison_and_report(tiny_models: dict, tmp_path: Path) -> None:
@@ -41,3 +42,18 @@ def test_inprocess_comparison_and_report(tiny_models: dict, tmp_path: Path) -> N
     results["inprocess"] = [dict(r, model="all-MiniLM-L6-v2") for r in results["inprocess"]]
     report.charts(results, tmp_path)
     assert all((tmp_path / name).stat().st_size > 1000 for name in report.CHARTS)
+
+
+def test_load_generator_counts_every_answer(servers: dict[str, Server]) -> None:
+    """The benchmarks' HTTP client against a real server: every request it sends is answered and
+    counted once, by status, and the server's own count agrees."""
+    kiln = servers["text-classification"]
+    target = server.Process("kiln", None, kiln.url, 0.0, 0.0)  # type: ignore[arg-type]
+    before = server.metrics(target)
+    ok = server.load(target, {"inputs": "a fine day"}, concurrency=4, seconds=30, max_requests=40)
+    refused = server.load(target, {"inputs": "a fine day", "parameters": {"top_k": 0}}, 3, 30, max_requests=9)
+    after = server.metrics(target)
+    assert (ok.requests, ok.statuses) == (40, {"200": 40}) and ok.p50_ms > 0
+    assert (refused.requests, refused.statuses) == (9, {"400": 9})
+    served = sum(v - before.get(k, 0.0) for k, v in after.items() if k.startswith("kiln_requests_total{"))
+    assert served == 49
