@@ -3,8 +3,10 @@
 `Generator` runs the prompt once (prefill) and then one token at a time, feeding back the cache
 the graph returned. Decoder-only models use optimum's merged `model.onnx` (past inputs of length
 0 on the first step); encoder-decoder models run `encoder_model.onnx` once and the merged
-decoder, switching its `use_cache_branch`. Sampling follows transformers' processors and their
-order: repetition penalty, then temperature, top-k, top-p.
+decoder, switching its `use_cache_branch`. The encoder takes the prompt's ids (text-to-text), or
+other features with a prompt of the decoder's own (speech: Whisper's log-mel features, and its
+start, language and task tokens). Sampling follows transformers' processors and their order:
+repetition penalty, suppressed tokens (always, and at the first step), then temperature, top-k, top-p.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class Sampling:
     seed: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     time_limit_s: float | None = None
+    suppress_tokens: tuple[int, ...] = ()
+    begin_suppress_tokens: tuple[int, ...] = ()  # suppressed at the first generated position only
 
 
 @dataclass
@@ -41,12 +45,17 @@ class Step:
     logits: np.ndarray | None = field(default=None, repr=False)  # the step's raw scores, for validation
 
 
-def process(logits: np.ndarray, seen: np.ndarray, sampling: Sampling) -> np.ndarray:
-    """Scores after the repetition penalty and the sampling warpers (transformers' order)."""
+def process(logits: np.ndarray, seen: np.ndarray, sampling: Sampling, first: bool = False) -> np.ndarray:
+    """Scores after the repetition penalty, the suppressed tokens (`first`: this is the first
+    generated position) and the sampling warpers (transformers' order)."""
     scores = logits.astype(np.float32).copy()
     if sampling.repetition_penalty != 1.0 and seen.size:
         picked = scores[seen]
         scores[seen] = np.where(picked < 0, picked * sampling.repetition_penalty, picked / sampling.repetition_penalty)
+    if sampling.suppress_tokens:
+        scores[list(sampling.suppress_tokens)] = -np.inf
+    if first and sampling.begin_suppress_tokens:
+        scores[list(sampling.begin_suppress_tokens)] = -np.inf
     if not sampling.do_sample:
         return scores
     if sampling.temperature != 1.0:
@@ -114,28 +123,42 @@ class Generator:
                 continue  # the encoder half of the cache is computed once
             past[name] = outputs[present]
 
+    def start(
+        self, prompt: list[int], encoder_inputs: dict[str, np.ndarray] | None = None
+    ) -> tuple[list[int], dict[str, np.ndarray]]:
+        """The decoder's first tokens, and the encoder's context its every step reads.
+
+        Decoder-only: the prompt, no context. Encoder-decoder with no `encoder_inputs`: the prompt
+        is the encoder's text and the decoder starts from its start token; with `encoder_inputs`
+        (speech features), the prompt is the decoder's own."""
+        if self.encoder is None:
+            return list(prompt), {}
+        if encoder_inputs is None:
+            ids = np.array([prompt], dtype=np.int64)
+            encoder_inputs = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+            tokens = [self.decoder_start]
+        else:
+            tokens = list(prompt)
+        context = {"encoder_hidden_states": self.encoder.run(encoder_inputs)["last_hidden_state"]}
+        if "input_ids" in encoder_inputs:
+            context["encoder_attention_mask"] = encoder_inputs["attention_mask"]
+        return tokens, context
+
     def run(
-        self, prompt: list[int], sampling: Sampling, cancelled: Callable[[], bool] = lambda: False
+        self,
+        prompt: list[int],
+        sampling: Sampling,
+        cancelled: Callable[[], bool] = lambda: False,
+        encoder_inputs: dict[str, np.ndarray] | None = None,
     ) -> Iterator[Step]:
         """Yield generated tokens until EOS, the token limit, the time limit, or cancellation."""
         rng = np.random.default_rng(None if sampling.seed is None else sampling.seed % (1 << 64))  # any integer
         deadline = time.monotonic() + sampling.time_limit_s if sampling.time_limit_s else None
-        seen = np.array(prompt, dtype=np.int64)
-        feeds: dict[str, np.ndarray]
-        if self.encoder is not None:
-            ids = np.array([prompt], dtype=np.int64)
-            mask = np.ones_like(ids)
-            hidden = self.encoder.run({"input_ids": ids, "attention_mask": mask})["last_hidden_state"]
-            past = self._empty_past(0)
-            context = {"encoder_attention_mask": mask, "encoder_hidden_states": hidden}
-            tokens = [self.decoder_start]
-            seen = np.array(tokens, dtype=np.int64)  # transformers penalizes the decoder's own inputs
-            step_ids = np.array([tokens], dtype=np.int64)
-        else:
-            past = self._empty_past()
-            context = {}
-            tokens = list(prompt)
-            step_ids = np.array([tokens], dtype=np.int64)
+        tokens, context = self.start(prompt, encoder_inputs)
+        past = self._empty_past()
+        # transformers penalizes what the decoder has seen: the prompt, or a seq2seq decoder's own inputs
+        seen = np.array(tokens, dtype=np.int64)
+        step_ids = np.array([tokens], dtype=np.int64)
         first = True
         for produced in range(sampling.max_new_tokens):
             total = len(tokens)
@@ -147,7 +170,7 @@ class Generator:
             self._present_to_past(outputs, past, first)
             first = False
             logits = outputs["logits"][0, -1].astype(np.float32)
-            scores = process(logits, seen, sampling)
+            scores = process(logits, seen, sampling, first=produced == 0)
             if sampling.do_sample:
                 probs = np.exp(scores - scores.max())
                 token = int(rng.choice(scores.size, p=probs / probs.sum()))
@@ -175,6 +198,7 @@ class Generator:
 def beam_search(
     generator: Generator, prompt: list[int], sampling: Sampling, num_beams: int, length_penalty: float = 1.0,
     early_stopping: bool | str = False, cancelled: Callable[[], bool] = lambda: False,
+    encoder_inputs: dict[str, np.ndarray] | None = None,
 ) -> tuple[list[int], str | None]:  # fmt: skip
     """transformers' beam search (4.57, batch of one), deterministic: the best finished sequence's
     new tokens. Candidates: the top `max(2, 1 + n_eos) * num_beams` continuations; a finished one
@@ -186,16 +210,8 @@ def beam_search(
     deadline = time.monotonic() + sampling.time_limit_s if sampling.time_limit_s else None
     n, eos = num_beams, set(sampling.eos_token_ids)
     keep = max(2, 1 + len(eos)) * n
-    seq2seq = generator.encoder is not None
-    context: dict[str, np.ndarray] = {}
-    if seq2seq:
-        ids = np.array([prompt], dtype=np.int64)
-        mask = np.ones_like(ids)
-        hidden = generator.encoder.run({"input_ids": ids, "attention_mask": mask})["last_hidden_state"]  # type: ignore[union-attr]
-        context = {"encoder_attention_mask": np.repeat(mask, n, 0), "encoder_hidden_states": np.repeat(hidden, n, 0)}
-        start = [generator.decoder_start]
-    else:
-        start = list(prompt)
+    start, context = generator.start(prompt, encoder_inputs)
+    context = {name: np.repeat(value, n, 0) for name, value in context.items()}
     prompt_len = len(start)
     max_length = prompt_len + sampling.max_new_tokens
     running = np.array([start] * n, dtype=np.int64)
@@ -215,7 +231,10 @@ def beam_search(
         generator._present_to_past(outputs, past, first)
         first = False
         logits = outputs["logits"][:, -1].astype(np.float32)
-        log_probs = np.stack([process(log_softmax(row), running[b], sampling) for b, row in enumerate(logits)])
+        at_start = cur_len == prompt_len
+        log_probs = np.stack(
+            [process(log_softmax(row), running[b], sampling, first=at_start) for b, row in enumerate(logits)]
+        )
         vocab = log_probs.shape[1]
         accumulated = (log_probs + running_scores[:, None]).reshape(-1)
         top = np.argsort(-accumulated, kind="stable")[:keep]
