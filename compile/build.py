@@ -262,6 +262,7 @@ def _build(
         artifact, task=task, source=source, device=options.device, precision=candidate.precision,
         optimization=candidate.optimization, info=reference.tokenizer, figures=figures, key=key, started=started,
         pooling=reference.pooling, image_processor=reference.image_processor,
+        feature_extractor=reference.feature_extractor,
         choice={"rule": CHOICE_RULE, "order": [c.name for c in plan], "tried": tried},
     )  # fmt: skip
     return manifest, lines
@@ -284,14 +285,18 @@ def _build_generative(
         raise CompileFailed(f"{task} compiles to fp32 without graph optimization for now; drop --precision/--optimize")
     artifact = staging / "artifact"
     artifact.mkdir()
-    graphs, info, figures, lines = generative.build(model_dir, export_dir, spec, artifact, tokenizer_info, progress)
-    for name in (*TOKENIZER_FILES, "generation_config.json", "chat_template.jinja"):
-        if (export_dir / name).is_file():
-            shutil.copy(export_dir / name, artifact / name)
+    graphs, info, figures, lines, features = generative.build(
+        model_dir, export_dir, spec, artifact, tokenizer_info, progress
+    )
+    for name in (*TOKENIZER_FILES, "generation_config.json", "chat_template.jinja", "preprocessor_config.json"):
+        for origin in (export_dir / name, model_dir / name):
+            if origin.is_file():
+                shutil.copy(origin, artifact / name)
+                break
     manifest = write_artifact(
         artifact, task=task, source=source, device=options.device, precision=Precision.FP32,
         optimization=Optimization.NONE, info=info, figures=figures, key=key, started=started,
-        graphs=graphs, model_file=graphs["decoder"],
+        graphs=graphs, model_file=graphs["decoder"], feature_extractor=features,
     )  # fmt: skip
     return manifest, lines
 
@@ -310,6 +315,7 @@ def write_artifact(
     started: float,
     pooling: SentencePooling | None = None,
     image_processor: dict[str, Any] | None = None,
+    feature_extractor: dict[str, Any] | None = None,
     choice: dict[str, Any] | None = None,
     graphs: dict[str, str] | None = None,
     model_file: str = "model.onnx",
@@ -341,6 +347,7 @@ def write_artifact(
         config_hash=key,
         pooling=pooling,
         image_processor=image_processor,
+        feature_extractor=feature_extractor,
         choice=choice or {},
         graphs=graphs or {},
     )  # fmt: skip

@@ -85,6 +85,7 @@ class Reference:
     files: tuple[str, ...]
     tokenizer: TokenizerInfo | None = None
     image_processor: dict[str, Any] | None = None
+    feature_extractor: dict[str, Any] | None = None
     pooling: SentencePooling | None = None
     view: Callable[[Outputs, np.ndarray], Outputs] = field(default=_same)
 
@@ -322,6 +323,66 @@ def _positions(value: np.ndarray, per_query: bool) -> np.ndarray:
         return value
     flat = value.reshape(*value.shape[:2], -1)
     return sigmoid(flat) if per_query else flat.transpose(0, 2, 1)
+
+
+AUDIO_FILES = ("preprocessor_config.json", "vocab.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def synthetic_sounds(count: int, seed: int, rate: int) -> list[np.ndarray]:
+    """Recordings are not a compile dependency: tones, sweeps, noise and a stretch of silence of
+    several lengths (0.6 to 4 s), made on the spot and always the same for a seed."""
+    rng = np.random.default_rng(seed)
+    lengths = [1.0, 2.5, 0.6, 4.0, 1.7, 3.1]
+    sounds = []
+    for i in range(count):
+        t = np.arange(int(lengths[i % len(lengths)] * rate)) / rate
+        pitch = 110.0 * (1 + i % 5)
+        sweep = np.sin(2 * np.pi * (pitch + 400 * t) * t)
+        sound = 0.4 * np.sin(2 * np.pi * pitch * t) + 0.2 * sweep + 0.05 * rng.normal(size=t.size)
+        sound[: t.size // 8] = 0.0  # silence, as speech starts
+        sounds.append(sound.astype(np.float32))
+    return sounds
+
+
+@exporter(InputKind.AUDIO)
+def audio_reference(context: BuildContext) -> Reference:
+    """Synthetic sounds of several lengths, one at a time, and two of one length as a batch, through
+    the model's own feature extractor as transformers' audio pipelines call it."""
+    import transformers
+
+    from runtime.audio import features_from_config
+
+    model_dir = context.model_dir
+    if not (model_dir / "preprocessor_config.json").is_file():
+        raise CompileFailed(
+            f"{model_dir.name} has no preprocessor_config.json: kiln needs the model's feature extractor"
+        )
+    config = json.loads((model_dir / "preprocessor_config.json").read_text())
+    served = features_from_config(config)  # fails here, not at serve time, for features kiln lacks
+    extractor = transformers.AutoFeatureExtractor.from_pretrained(model_dir)  # type: ignore[no-untyped-call]
+    rate = int(extractor.sampling_rate)
+    names = context.graph_inputs()
+
+    def encode(sounds: list[np.ndarray]) -> Outputs:
+        features = extractor(sounds, sampling_rate=rate, return_tensors="np", return_attention_mask=True)
+        return {k: np.asarray(v) for k, v in features.items() if k in names}
+
+    spec = context.spec
+    with context.progress.step("running the PyTorch model for reference outputs"):
+        sounds = synthetic_sounds(6, seed=0, rate=rate)
+        feeds = [encode([sound]) for sound in sounds] + [encode([sounds[0], sounds[0][::-1].copy()])]
+        torch_model = load_torch_model(context)
+        outputs = run_torch(torch_model, feeds, spec.outputs)
+    # CTC decides per logit frame (batch, frame); a classifier once per input (batch)
+    masks: list[np.ndarray] = [
+        np.ones(out["logits"].shape[: 2 if spec.token_level else 1], dtype=np.int64) for out in outputs
+    ]
+    return Reference(
+        spec=spec, feeds=feeds, outputs=outputs, masks=masks,
+        calibration=[encode([sound]) for sound in synthetic_sounds(8, seed=1, rate=rate)], timing=[feeds[0]],
+        model_type=torch_model.config.model_type, files=(*AUDIO_FILES, "config.json"),
+        feature_extractor=served.describe(),
+    )  # fmt: skip
 
 
 def copy_components(reference: Reference, context: BuildContext, artifact: Path) -> None:

@@ -2,8 +2,10 @@
 
 optimum exports decoder-only models as one merged `model.onnx` (its past inputs take length 0 on
 the first step) and encoder-decoder models as `encoder_model.onnx` plus a merged decoder. The
-gate compares, on a few prompts, the first step's logits with PyTorch's (max abs diff, cosine),
-and the tokens of greedy decoding with PyTorch `generate`: they must be the same tokens.
+gate compares, on a few inputs, the first step's logits with PyTorch's (max abs diff, cosine),
+and the tokens of greedy decoding with PyTorch `generate`: they must be the same tokens. The
+inputs are text prompts, or for speech (Whisper) synthetic sounds through the model's feature
+extractor, decoded with the runtime's own Whisper prompt and suppressed tokens.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from compile.tasks import ExportSpec
 from runtime.artifact import TokenizerInfo
 from runtime.generation import Generator, Sampling
 from runtime.session import OnnxModel, SessionOptions
+
+SPEECH_CLASS = "AutoModelForSpeechSeq2Seq"
+SPEECH_SOUNDS = 3
 
 PROMPTS = ["Hello, my name is", "The weather today is", "Compiling models to ONNX makes inference"]
 NEW_TOKENS = 12
@@ -48,13 +53,15 @@ def greedy_reference(model: Any, tokenizer: Any, prompt: str, eos: list[int]) ->
 
 def build(
     model_dir: Path, export_dir: Path, spec: ExportSpec, artifact: Path, info_of: Any, progress: Any
-) -> tuple[dict[str, str], TokenizerInfo, validate.Figures, list[str]]:
-    """Validate the export in `export_dir` and move its graphs into `artifact`."""
+) -> tuple[dict[str, str], TokenizerInfo, validate.Figures, list[str], dict[str, Any] | None]:
+    """Validate the export in `export_dir` and move its graphs into `artifact`; the last value
+    describes a speech model's feature extractor (None for text)."""
     import json
 
     import transformers
 
-    seq2seq = spec.optimum_task.startswith("text2text")
+    speech = spec.auto_class == SPEECH_CLASS
+    seq2seq = speech or spec.optimum_task.startswith("text2text")
     graphs = (
         {"decoder": "decoder_model_merged.onnx", "encoder": "encoder_model.onnx"}
         if seq2seq
@@ -69,29 +76,76 @@ def build(
         decoder = OnnxModel(export_dir / graphs["decoder"], options)
         encoder = OnnxModel(export_dir / graphs["encoder"], options) if seq2seq else None
         generator = Generator(decoder, encoder, config)
-        eos = torch_model.generation_config.eos_token_id
-        eos = list(eos) if isinstance(eos, list) else ([] if eos is None else [int(eos)])
+        if speech:
+            cases, features = _speech_cases(model_dir, torch_model, generator, config)
+        else:
+            cases, features = _text_cases(torch_model, tokenizer, generator), None
         lines, same, max_abs, min_cos = [], 0, 0.0, 1.0
-        for prompt in PROMPTS:
-            want, reference = greedy_reference(torch_model, tokenizer, prompt, eos)
-            ids = tokenizer(prompt)["input_ids"]
-            steps = list(generator.run(ids, Sampling(max_new_tokens=NEW_TOKENS, eos_token_ids=tuple(eos))))
-            got = [s.token_id for s in steps]
-            first = steps[0].logits
-            assert first is not None
+        for name, (want, reference), (got, first) in cases:
             scale = max(1.0, float(np.abs(reference).max()))
             max_abs = max(max_abs, float(np.abs(first - reference).max()) / scale)
             min_cos = min(min_cos, float(first @ reference / (np.linalg.norm(first) * np.linalg.norm(reference))))
             same += int(got == want)
             if got != want:
-                lines.append(f"greedy decoding of {prompt!r} differs: PyTorch {want}, compiled {got}")
-    passed = same == len(PROMPTS) and max_abs <= LOGITS_MAX_ABS
+                lines.append(f"greedy decoding of {name} differs: PyTorch {want}, compiled {got}")
+    passed = same == len(cases) and max_abs <= LOGITS_MAX_ABS
     gate = f"same greedy tokens as PyTorch generate, first-step logits max abs diff <= {LOGITS_MAX_ABS:g} (scaled)"
-    figures = validate.Figures(gate, passed, len(PROMPTS), max_abs, min_cos, same / len(PROMPTS))
+    figures = validate.Figures(gate, passed, len(cases), max_abs, min_cos, same / len(cases))
     lines.insert(0, validate.report("fp32-none", figures))
     if not passed:
         raise ValidationFailed("the compiled model does not decode like PyTorch:\n  " + "\n  ".join(lines))
     for name in graphs.values():
         for file in export_dir.glob(name + "*"):  # the graph and its external data, if any
             shutil.move(file, artifact / file.name)
-    return graphs, info, figures, lines
+    return graphs, info, figures, lines, features
+
+
+Case = tuple[str, tuple[list[int], np.ndarray], tuple[list[int], np.ndarray]]
+
+
+def _text_cases(torch_model: Any, tokenizer: Any, generator: Generator) -> list[Case]:
+    """Each prompt's greedy tokens and first-step logits, from PyTorch and from the graphs."""
+    eos = torch_model.generation_config.eos_token_id
+    eos = list(eos) if isinstance(eos, list) else ([] if eos is None else [int(eos)])
+    cases = []
+    for prompt in PROMPTS:
+        want = greedy_reference(torch_model, tokenizer, prompt, eos)
+        ids = tokenizer(prompt)["input_ids"]
+        steps = list(generator.run(ids, Sampling(max_new_tokens=NEW_TOKENS, eos_token_ids=tuple(eos))))
+        first = steps[0].logits
+        assert first is not None
+        cases.append((repr(prompt), want, ([s.token_id for s in steps], first)))
+    return cases
+
+
+def _speech_cases(
+    model_dir: Path, torch_model: Any, generator: Generator, config: dict[str, Any]
+) -> tuple[list[Case], dict[str, Any]]:
+    """Synthetic sounds through the model's feature extractor: PyTorch `generate` (its defaults)
+    against the runtime's Whisper decoding, and the features' description for the manifest."""
+    import json
+
+    import torch
+    import transformers
+
+    from compile.exporters import synthetic_sounds
+    from runtime.audio import features_from_config
+    from runtime.audio.whisper import Decoding, WhisperGeneration, generate
+
+    served = features_from_config(json.loads((model_dir / "preprocessor_config.json").read_text()))
+    extractor = transformers.AutoFeatureExtractor.from_pretrained(model_dir)  # type: ignore[no-untyped-call]
+    generation = WhisperGeneration.from_config(torch_model.generation_config.to_dict(), config)
+    cases = []
+    for index, sound in enumerate(synthetic_sounds(SPEECH_SOUNDS, seed=0, rate=served.sampling_rate)):
+        features = np.asarray(
+            extractor(sound, sampling_rate=served.sampling_rate, return_tensors="np")["input_features"]
+        )
+        prompt, got = generate(generator, generation, features, Decoding(max_new_tokens=NEW_TOKENS))
+        _, context = generator.start(prompt, {"input_features": features})
+        first = generator.next_logits(prompt, context)
+        with torch.inference_mode():
+            sequence = torch_model.generate(torch.from_numpy(features), max_new_tokens=NEW_TOKENS)[0].tolist()
+            logits = torch_model(torch.from_numpy(features), decoder_input_ids=torch.tensor([prompt])).logits[0, -1]
+        want = sequence[len(prompt) :] if sequence[: len(prompt)] == prompt else sequence
+        cases.append((f"sound {index}", (want, logits.float().numpy()), (got, first)))
+    return cases, served.describe()

@@ -382,7 +382,7 @@ def _check_generative(
         (export / file.name).symlink_to(file.resolve())
     spec = export_spec(manifest.task, model_type(model_dir))
     try:
-        _, _, figures, lines = generative.build(model_dir, export, spec, moved, tokenizer_info, progress)
+        _, _, figures, lines, _ = generative.build(model_dir, export, spec, moved, tokenizer_info, progress)
     except ValidationFailed as exc:
         return None, exc.message.splitlines()
     except Exception as exc:  # ONNX Runtime's errors have no common base but Exception

@@ -96,6 +96,16 @@ for _spec in (
         unlabelled=("pred_boxes",),
     ),
     _SEMANTIC,
+    ExportSpec("audio-classification", "audio-classification", "AutoModelForAudioClassification", ("logits",), True),
+    # CTC models (wav2vec2, HuBERT): per-frame character logits; Whisper has its own spec below
+    ExportSpec(
+        "automatic-speech-recognition",
+        "automatic-speech-recognition",
+        "AutoModelForCTC",
+        ("logits",),
+        True,
+        token_level=True,
+    ),
 ):
     register_export(_spec)
 # image-segmentation heads of their own, by model type
@@ -127,6 +137,18 @@ for _spec, _model_types in (
         ),
         ("maskformer",),
     ),
+    # an encoder and a decoder with its key/value cache, validated by decoding like the text generative tasks
+    (
+        ExportSpec(
+            "automatic-speech-recognition",
+            "automatic-speech-recognition-with-past",
+            "AutoModelForSpeechSeq2Seq",
+            ("logits",),
+            True,
+            generative=True,
+        ),
+        ("whisper",),
+    ),
 ):
     register_export(_spec, *_model_types)
 
@@ -153,6 +175,8 @@ def compilable() -> list[str]:
 
 
 _HEADS = (
+    ("ForCTC", "automatic-speech-recognition"),
+    ("ForAudioClassification", "audio-classification"),
     ("ForImageClassification", "image-classification"),
     ("ForObjectDetection", "object-detection"),
     ("ForSemanticSegmentation", "image-segmentation"),
@@ -194,11 +218,22 @@ def infer_task(model_dir: Path) -> str:
         return "ranking"  # a sentence-transformers CrossEncoder
     if config.get("model_type") in ("clip", "siglip"):
         return "zero-shot-image-classification"
+    if config.get("model_type") == "whisper":
+        return "automatic-speech-recognition"
+    audio = "sampling_rate" in _preprocessor_config(model_dir)  # a feature extractor of sound
     for architecture in config.get("architectures") or []:
         for suffix, task in _HEADS:
             if architecture.endswith(suffix):
                 labels = [str(label).lower() for label in (config.get("label2id") or {})]
+                if task == "text-classification" and audio:
+                    return "audio-classification"  # Wav2Vec2ForSequenceClassification and kin
                 if task == "text-classification" and any(label.startswith("entail") for label in labels):
                     return "zero-shot-classification"
                 return task
     raise TaskUnknown(f"cannot tell the task of {model_dir.name}: pass --task, one of: {', '.join(compilable())}")
+
+
+def _preprocessor_config(model_dir: Path) -> dict[str, object]:
+    path = model_dir / "preprocessor_config.json"
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    return config if isinstance(config, dict) else {}

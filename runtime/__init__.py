@@ -28,7 +28,7 @@ def load(
     if cls is None:
         raise ArtifactError(f"{path} is for task {manifest.task!r}, which this runtime does not serve")
     options = SessionOptions(device=device or manifest.device, threads=threads, spinning=spinning)
-    return cls(path, manifest, options)
+    return cls.variant(manifest)(path, manifest, options)
 
 
 __all__ = [

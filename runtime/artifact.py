@@ -87,6 +87,7 @@ class Manifest(msgspec.Struct, frozen=True):
     versions: dict[str, str]
     pooling: SentencePooling | None = None
     image_processor: dict[str, Any] | None = None
+    feature_extractor: dict[str, Any] | None = None  # audio features, as `runtime.audio` rebuilt them
     choice: dict[str, Any] = {}  # how compile chose among its candidates, and what each measured
     graphs: dict[str, str] = {}
     backend: str = "onnxruntime"

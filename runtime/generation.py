@@ -144,6 +144,16 @@ class Generator:
             context["encoder_attention_mask"] = encoder_inputs["attention_mask"]
         return tokens, context
 
+    def next_logits(self, tokens: list[int], context: dict[str, np.ndarray]) -> np.ndarray:
+        """The scores of the token after `tokens` (one pass, no cache kept): Whisper's language
+        detection reads them after its start token."""
+        ids = np.array([tokens], dtype=np.int64)
+        feeds = {"input_ids": ids, **self._empty_past(), **context, "use_cache_branch": np.array([False])}
+        feeds["attention_mask"] = np.ones_like(ids)
+        feeds["position_ids"] = np.arange(len(tokens), dtype=np.int64)[None]
+        logits: np.ndarray = self.decoder.run(feeds)["logits"][0, -1]
+        return logits
+
     def run(
         self,
         prompt: list[int],

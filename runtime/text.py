@@ -32,6 +32,13 @@ _CLEANUPS = (
 )
 
 
+def clean_up_tokenization(text: str) -> str:
+    """transformers' `clean_up_tokenization`: no space before punctuation and English contractions."""
+    for before, after in _CLEANUPS:
+        text = text.replace(before, after)
+    return text
+
+
 def _cut(text: str, at: int, *, keep_start: bool, reach: int = 4096) -> str:
     """`text` cut `at` characters from its kept end, or a little nearer, at the best boundary within
     `reach`: a whitespace, else a change between word characters and others, else `at` itself."""
@@ -144,10 +151,7 @@ class TextTokenizer:
         return self.clean_up(text)
 
     def clean_up(self, text: str) -> str:
-        if self.info.clean_up_tokenization_spaces:
-            for before, after in _CLEANUPS:
-                text = text.replace(before, after)
-        return text
+        return clean_up_tokenization(text) if self.info.clean_up_tokenization_spaces else text
 
     def id_to_token(self, token_id: int) -> str:
         return self._tokenizer.id_to_token(token_id) or ""

@@ -63,6 +63,7 @@ async def info(service: Service) -> dict[str, Any]:
             "max_queue": service.admission.capacity - service.admission.workers,
             "max_input_tokens": described.get("max_input_tokens"),
             "max_image_pixels": settings.max_image_pixels,
+            "max_audio_seconds": settings.max_audio_seconds,
         },
         "batching": service.describe_batching(),
         "ready_after_seconds": service.ready_after,

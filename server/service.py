@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 import runtime
 from runtime import Pipeline
 from runtime.batching import Batcher, BatchStats
-from runtime.tasks.text_generation import GenerativePipeline
 from server import model as model_source
 from server import wire
 from server.admission import Admission
@@ -72,7 +71,7 @@ class Service:
         """Put a batcher in front of the pipeline's model call, and let as many requests in at once
         as a batch takes (each pre- and post-processes on its own worker). Generation is its own
         loop, token by token: it is not batched and keeps `max_concurrency`."""
-        if not self.settings.batching or isinstance(pipeline, GenerativePipeline):
+        if not self.settings.batching or not pipeline.batchable:
             return None
         metrics = self.metrics
 

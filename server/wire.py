@@ -2,11 +2,12 @@
 
 Requests, decoded by the task's input kind (`Pipeline.input_kind`):
 - JSON `{"inputs": ..., "parameters": {...}}` (any `application/json` media type, with parameters
-  such as charset), or the older form with task fields beside a null `inputs`; for image tasks
-  `inputs` is the image as base64 (plain or a `data:` URL), or a list of them;
-- for image (and, later, audio) tasks, the file itself as the body: `image/*`,
-  `application/octet-stream`, or no Content-Type at all (what `InferenceClient` sends for bytes),
-  with parameters from the query string (`?top_k=3&threshold=0.5`), typed by the task's struct.
+  such as charset), or the older form with task fields beside a null `inputs`; for image and
+  audio tasks `inputs` is the file as base64 (plain or a `data:` URL), or a list of them;
+- for image and audio tasks, the file itself as the body: `image/*`, the `audio/*` types soundfile
+  decodes (others are a 415), `application/octet-stream`, or no Content-Type at all (what
+  `InferenceClient` sends for bytes), with parameters from the query string (`?top_k=3`), typed by
+  the task's struct.
 Responses: what the runtime pipeline returns, except where a client parses another shape (see
 `adapt`).
 """
@@ -24,6 +25,8 @@ import numpy as np
 from PIL import Image
 
 from runtime import InputKind, Pipeline
+from runtime.audio import MEDIA_TYPES as AUDIO_MEDIA_TYPES
+from runtime.audio import decode_base64_audio
 from runtime.errors import InvalidInput
 from runtime.images import decode_base64_image
 from runtime.tasks.base import parse_parameters, type_name
@@ -114,6 +117,10 @@ def decode(
     if prefix is None:
         return _split(_object(content_type, body, task))
     media = media_type(content_type)
+    if kind is InputKind.AUDIO and media.startswith(prefix) and media not in AUDIO_MEDIA_TYPES:
+        raise UnsupportedMediaType(
+            f"{media!r} is not a format this server decodes; send {', '.join(AUDIO_MEDIA_TYPES)} (WAV, FLAC, Ogg, MP3)"
+        )
     if media.startswith(prefix) or media == "application/octet-stream" or (not media and not _json_like(body)):
         if not body:
             raise BadRequest(f"the request body is empty; send the {kind} file")
@@ -133,10 +140,11 @@ def _json_like(body: bytes) -> bool:
 
 def _file_inputs(inputs: Any, kind: InputKind) -> Any:
     """JSON `inputs` of a file task: a base64 string (or a list of them) -> the file's bytes."""
+    decode_base64 = decode_base64_audio if kind is InputKind.AUDIO else decode_base64_image
     if isinstance(inputs, str):
-        return decode_base64_image(inputs)
+        return decode_base64(inputs)
     if isinstance(inputs, list) and inputs and all(isinstance(item, str) for item in inputs):
-        return [decode_base64_image(item) for item in inputs]
+        return [decode_base64(item) for item in inputs]
     raise InvalidInput(f"`inputs` must be the {kind} as base64, or a list of them; got {type_name(inputs)}")
 
 

@@ -19,6 +19,8 @@ SYNONYMS: dict[str, str] = {
     "conversational": "text-generation",
     "text2text": "text2text-generation",
     "semantic-segmentation": "image-segmentation",
+    "asr": "automatic-speech-recognition",
+    "speech-recognition": "automatic-speech-recognition",
 }
 
 _REGISTRY: dict[str, type[Pipeline]] = {}
@@ -55,6 +57,8 @@ def input_kind(task: str) -> InputKind:
 
 
 from runtime.tasks import (  # noqa: E402  (the modules register themselves on import)
+    audio_classification,
+    automatic_speech_recognition,
     feature_extraction,
     fill_mask,
     image_classification,
@@ -73,6 +77,8 @@ from runtime.tasks import (  # noqa: E402  (the modules register themselves on i
 __all__ = [
     "SYNONYMS",
     "Pipeline",
+    "audio_classification",
+    "automatic_speech_recognition",
     "canonical",
     "feature_extraction",
     "fill_mask",

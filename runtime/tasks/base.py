@@ -81,6 +81,7 @@ class Limits:
     - `max_sequences`: model rows one request may need (question-answering and token-classification
       windows, zero-shot text x label pairs, inputs);
     - `max_image_pixels`: width x height of one image, read from its header before decoding;
+    - `max_audio_seconds`: the length of one audio input, read from a file's header before decoding;
     - `max_response_values`: numbers in one answer (per-token feature-extraction, `/tokenize`);
     - generation: `max_new_tokens` (and the default when a request names none), seconds of
       generation, beams, stop sequences, and the bytes of key/value cache that beams x length need.
@@ -88,6 +89,7 @@ class Limits:
 
     max_sequences: int = 256
     max_image_pixels: int = 40_000_000
+    max_audio_seconds: float = 600.0
     max_response_values: int = 2_000_000
     max_new_tokens: int = 1024
     default_new_tokens: int = 100
@@ -123,6 +125,7 @@ class Pipeline:
     Parameters: ClassVar[type[msgspec.Struct]] = NoParameters
     example: ClassVar[tuple[Any, dict[str, Any]]] = ("Hello world.", {})
     max_batch_size: ClassVar[int] = 32
+    batchable: ClassVar[bool] = True  # False where the model call is a generation loop, not one `core` call
     limits = Limits()
 
     def __init__(self, directory: Path, manifest: Manifest, options: SessionOptions) -> None:
@@ -134,6 +137,12 @@ class Pipeline:
         # Dynamic int8 scales activations per tensor, so a batch's other rows (and its padding)
         # would move each input's result: int8 runs one input at a time, exact whatever the batch.
         self.batch_size = 1 if manifest.precision == "int8" else self.max_batch_size
+
+    @classmethod
+    def variant(cls, manifest: Manifest) -> type[Pipeline]:
+        """The class that serves this artifact: the task's own, or one of its kinds of model
+        (automatic-speech-recognition: CTC or Whisper), chosen from the manifest."""
+        return cls
 
     def __call__(self, inputs: Any, **parameters: Any) -> Any:
         return self.predict(inputs, parse_parameters(self.Parameters, parameters))
@@ -153,6 +162,23 @@ class Pipeline:
 
     def postprocess(self, outputs: list[dict[str, np.ndarray]], context: Any, params: Any) -> Any:
         raise NotImplementedError
+
+    def run_same_shapes(self, items: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        """The core of tasks whose items are ready arrays (images, audio features): items of the same
+        shapes run together, in batches of `batch_size`, and nothing is padded, so every answer is the
+        batch-1 answer."""
+        groups: dict[tuple[tuple[str, tuple[int, ...]], ...], list[int]] = {}
+        for index, item in enumerate(items):
+            groups.setdefault(tuple((k, v.shape) for k, v in sorted(item.items())), []).append(index)
+        results: list[dict[str, np.ndarray]] = [{} for _ in items]
+        for rows in groups.values():
+            for start in range(0, len(rows), self.batch_size):
+                batch = rows[start : start + self.batch_size]
+                feeds = {name: np.stack([items[i][name] for i in batch]) for name in items[batch[0]]}
+                outputs = self.model.run(feeds)
+                for j, i in enumerate(batch):
+                    results[i] = {name: value[j] for name, value in outputs.items()}
+        return results
 
     def warmup(self) -> None:
         inputs, parameters = self.example

@@ -99,6 +99,7 @@ class GenerativePipeline(TextPipeline):
     """Shared by every generative task: parameters, sampling, streaming, stop sequences."""
 
     output_key: ClassVar[str] = "generated_text"
+    batchable: ClassVar[bool] = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -33,8 +33,8 @@ WHITE_PIXEL_PNG = bytes.fromhex(
 class ImagePipeline(Pipeline):
     """A pipeline over an image processor; items are one image's model inputs (CHW float32).
 
-    `core` batches items of the same shape (images of one size after preprocessing), so no image
-    is ever padded by another's size and every answer equals the batch-1 answer.
+    `core` batches items of the same shape (images of one size after preprocessing, `run_same_shapes`),
+    so no image is ever padded by another's size and every answer equals the batch-1 answer.
     """
 
     input_kind: ClassVar[InputKind] = InputKind.IMAGE
@@ -74,18 +74,7 @@ class ImagePipeline(Pipeline):
         return [{k: v[0] for k, v in item.items()} for item in items], (sizes, single)
 
     def core(self, items: Sequence[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-        groups: dict[tuple[tuple[str, tuple[int, ...]], ...], list[int]] = {}
-        for index, item in enumerate(items):
-            groups.setdefault(tuple((k, v.shape) for k, v in sorted(item.items())), []).append(index)
-        results: list[dict[str, np.ndarray]] = [{} for _ in items]
-        for rows in groups.values():
-            for start in range(0, len(rows), self.batch_size):
-                batch = rows[start : start + self.batch_size]
-                feeds = {name: np.stack([items[i][name] for i in batch]) for name in items[batch[0]]}
-                outputs = self.model.run(feeds)
-                for j, i in enumerate(batch):
-                    results[i] = {name: value[j] for name, value in outputs.items()}
-        return results
+        return self.run_same_shapes(items)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "image_processor": self.processor.describe()}

@@ -1,0 +1,229 @@
+"""What Whisper's `generate` decides before and after decoding, from `generation_config.json`:
+the decoder's first tokens (start, language, task, no-timestamps), which tokens are suppressed,
+and the text of the tokens it produced. transformers 4.57 (`WhisperGenerationMixin`), short-form.
+
+The first tokens follow `_retrieve_init_tokens`: the config's forced ids when the request names
+neither a language nor a task; the language asked for, else (a model with `lang_to_id` whose
+prompt has none) the one the model detects on its first step; the task's token; and
+`<|notimestamps|>` unless timestamps are asked for. An English-only model refuses `language` and
+`task`, as transformers does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from runtime.audio.languages import LANGUAGES, TO_CODE
+from runtime.errors import ArtifactError, InvalidParameter
+from runtime.generation import Generator, Sampling, beam_search
+from runtime.text import TextTokenizer
+
+TASKS = ("transcribe", "translate")
+PIPELINE_BEAMS = 5  # the ASR pipeline's default `num_beams` where the model's config leaves it at 1
+
+
+@dataclass(frozen=True)
+class WhisperGeneration:
+    start: int
+    eos: tuple[int, ...]
+    no_timestamps: int | None
+    languages: dict[str, int]  # "<|en|>" -> its token id; empty for English-only configs without it
+    tasks: dict[str, int]
+    forced: tuple[tuple[int, int | None], ...]
+    suppress: tuple[int, ...]
+    begin_suppress: tuple[int, ...]
+    max_length: int
+    multilingual: bool | None
+    num_beams: int  # transformers' ASR pipeline: 5 (openai's whisper) unless the config sets another
+
+    @classmethod
+    def from_config(cls, generation: dict[str, Any], config: dict[str, Any]) -> WhisperGeneration:
+        start = generation.get("decoder_start_token_id", config.get("decoder_start_token_id"))
+        if start is None:
+            raise ArtifactError("generation_config.json names no decoder_start_token_id")
+        eos = generation.get("eos_token_id", config.get("eos_token_id"))
+        forced = generation.get("forced_decoder_ids") or config.get("forced_decoder_ids") or []
+        return cls(
+            start=int(start),
+            eos=tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),)),
+            no_timestamps=generation.get("no_timestamps_token_id"),
+            languages={str(k): int(v) for k, v in (generation.get("lang_to_id") or {}).items()},
+            tasks={str(k): int(v) for k, v in (generation.get("task_to_id") or {}).items()},
+            forced=tuple((int(i), None if t is None else int(t)) for i, t in forced),
+            suppress=tuple(generation.get("suppress_tokens") or ()),
+            begin_suppress=tuple(generation.get("begin_suppress_tokens") or ()),
+            max_length=int(generation.get("max_length") or config.get("max_target_positions") or 448),
+            multilingual=generation.get("is_multilingual"),
+            num_beams=int(generation.get("num_beams") or 1) if generation.get("num_beams", 1) != 1 else PIPELINE_BEAMS,
+        )
+
+    @property
+    def timestamp_begin(self) -> int | None:
+        return None if self.no_timestamps is None else self.no_timestamps + 1
+
+    def language_id(self, language: str) -> int:
+        """`language` as a code ("fr"), a name ("french") or a token ("<|fr|>") -> its token id."""
+        name = language.lower()
+        if name in self.languages:
+            token = name
+        elif name in TO_CODE:
+            token = f"<|{TO_CODE[name]}|>"
+        elif name in LANGUAGES:
+            token = f"<|{name}|>"
+        else:
+            raise InvalidParameter(f"unknown `language` {language!r}; use a code such as en, fr, de, or a name")
+        if token not in self.languages:
+            raise InvalidParameter(f"this model does not know the language {token}")
+        return self.languages[token]
+
+    def init_tokens(
+        self, language: str | None, task: str | None, timestamps: bool, detect: Callable[[], int]
+    ) -> list[int]:
+        """The decoder's prompt; `detect` runs the model's language detection when it is needed."""
+        if self.multilingual is False and (language is not None or task is not None):
+            raise InvalidParameter("this model is English-only: it takes no `language` or `task`")
+        tokens: list[int | None] = [self.start]
+        if task is None and language is None and self.forced and self.forced[0][0] == 1:
+            forced = list(self.forced)
+            while forced and forced[0][0] == len(tokens):
+                tokens.append(forced.pop(0)[1])
+            if forced:
+                raise ArtifactError(f"forced_decoder_ids {self.forced} do not follow Whisper's prompt pattern")
+        undefined = len(tokens) <= 1 or tokens[1] is None
+        language_id = None
+        if language is not None:
+            language_id = self.language_id(language)
+        elif self.languages and undefined:
+            language_id = detect()
+        if language_id is not None:
+            if len(tokens) > 1:
+                tokens[1] = language_id
+            else:
+                tokens.append(language_id)
+        if task is not None:
+            if task not in TASKS or task not in self.tasks:
+                raise InvalidParameter(f"`task` must be one of {', '.join(TASKS)}; got {task!r}")
+            tokens.append(self.tasks[task])
+        elif language is not None and self.tasks and not any(t in tokens for t in self.tasks.values()):
+            tokens.append(self.tasks["transcribe"])
+        if not timestamps and self.no_timestamps is not None and tokens[-1] != self.no_timestamps:
+            tokens.append(self.no_timestamps)
+        elif timestamps and tokens[-1] == self.no_timestamps:
+            tokens.pop()
+        if any(t is None for t in tokens):
+            raise ArtifactError(f"forced_decoder_ids {self.forced} leave a prompt position empty")
+        return [int(t) for t in tokens if t is not None]
+
+    def transcript(self, pieces: list[list[int]], special: set[int], tokenizer: TextTokenizer) -> str:
+        """The text of the tokens `generate` produced for each chunk of one input, as the ASR
+        pipeline's `_decode_asr` makes it without timestamps: special tokens are not text, and
+        a language token other than the last one seen closes a stretch; each stretch's chunks are
+        joined where they overlap (`merge_overlapping`), decoded, and the stretches concatenated.
+        (Timestamp tokens, which a model may emit unasked, are dropped.)"""
+        begin = self.timestamp_begin
+        stretches: list[list[list[int]]] = [[]]
+        language = None
+        for tokens in pieces:
+            current: list[int] = []
+            for token in tokens:
+                if token in special:
+                    spoken = tokenizer.id_to_token(token)[2:-2]
+                    if spoken in LANGUAGES:
+                        if language is not None and spoken != language:
+                            stretches[-1].append(current)
+                            stretches.append([])
+                            current = []
+                        language = spoken
+                elif begin is None or token < begin:
+                    current.append(token)
+            if current:
+                stretches[-1].append(current)
+            elif not any(stretches[-1]):
+                stretches[-1] = []
+        texts = [tokenizer.decode(merge_overlapping(s), skip_special_tokens=False) for s in stretches if s]
+        return "".join(texts)
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """What a request asks of Whisper's decoding (the `generate_kwargs` transformers takes)."""
+
+    language: str | None = None
+    task: str | None = None
+    timestamps: bool = False
+    num_beams: int = 1
+    max_new_tokens: int | None = None
+    time_limit_s: float | None = None
+
+
+def detect_language(generator: Generator, generation: WhisperGeneration, encoder_inputs: dict[str, np.ndarray]) -> int:
+    """The language token the model scores best after its start token (`detect_language`)."""
+    _, context = generator.start([generation.start], encoder_inputs)
+    logits = generator.next_logits([generation.start], context)
+    ids = sorted(generation.languages.values())
+    return ids[int(np.argmax(logits[ids]))]
+
+
+def generate(
+    generator: Generator,
+    generation: WhisperGeneration,
+    features: np.ndarray,
+    decoding: Decoding,
+    cancelled: Callable[[], bool] = lambda: False,
+) -> tuple[list[int], list[int]]:
+    """Whisper's `generate` on one segment's log-mel features `(1, mels, frames)`: its prompt,
+    and the tokens it produced after it (greedy, or beam search), without the end token, as
+    transformers' Whisper `generate` returns them."""
+    encoder_inputs = {"input_features": features}
+
+    def detect() -> int:
+        return detect_language(generator, generation, encoder_inputs)
+
+    prompt = generation.init_tokens(decoding.language, decoding.task, decoding.timestamps, detect)
+    room = generation.max_length - len(prompt)
+    new_tokens = room if decoding.max_new_tokens is None else decoding.max_new_tokens
+    if new_tokens > room:
+        raise InvalidParameter(
+            f"`max_new_tokens` ({new_tokens}) and the prompt ({len(prompt)} tokens) exceed the model's "
+            f"{generation.max_length} positions: ask for at most {room}"
+        )
+    sampling = Sampling(
+        max_new_tokens=new_tokens, eos_token_ids=generation.eos, time_limit_s=decoding.time_limit_s,
+        suppress_tokens=generation.suppress, begin_suppress_tokens=generation.begin_suppress,
+    )  # fmt: skip
+    if decoding.num_beams > 1:
+        tokens, _ = beam_search(
+            generator, prompt, sampling, decoding.num_beams, cancelled=cancelled, encoder_inputs=encoder_inputs
+        )
+    else:
+        tokens = [step.token_id for step in generator.run(prompt, sampling, cancelled, encoder_inputs)]
+    if tokens and tokens[-1] in generation.eos:
+        tokens = tokens[:-1]
+    return prompt, tokens
+
+
+def merge_overlapping(pieces: list[list[int]]) -> list[int]:
+    """Overlapping chunks' tokens as one sequence: transformers' `_find_longest_common_sequence`.
+    For each next chunk, the alignment of the left's end with the right's start that matches the
+    most tokens (more than one, ties to the longer overlap) is cut in its middle; chunks with no
+    tokens never reach here (`_decode_asr` leaves them out)."""
+    if not pieces:
+        return []
+    left, total = pieces[0], []
+    for right in pieces[1:]:
+        best, cut = 0.0, (len(left), len(left), 0, 0)
+        for i in range(1, len(left) + len(right)):
+            left_start, left_stop = max(0, len(left) - i), min(len(left), len(left) + len(right) - i)
+            right_start, right_stop = max(0, i - len(left)), min(len(right), i)
+            matches = int(np.sum(np.array(left[left_start:left_stop]) == np.array(right[right_start:right_stop])))
+            score = matches / i + i / 10000.0
+            if matches > 1 and score > best:
+                best, cut = score, (left_start, left_stop, right_start, right_stop)
+        left_start, left_stop, right_start, right_stop = cut
+        total.extend(left[: (left_start + left_stop) // 2])
+        left = right[(right_start + right_stop) // 2 :]
+    return total + left
