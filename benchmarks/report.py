@@ -68,6 +68,35 @@ def _vision(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def _speech(results: dict[str, Any]) -> list[str]:
+    rows = results.get("speech")
+    if not rows:
+        return []
+    return [
+        "",
+        "## Speech recognition, one process (seconds per call)",
+        "",
+        'Baseline `pytorch` is `transformers.pipeline("automatic-speech-recognition")` with its defaults',
+        "(beam search, 5 beams), called with a 16 kHz float32 waveform; kiln is `runtime.load(artifact)`",
+        "called the same way. Clips: Beckett's recording from `useful-moonshine-onnx` (~10 s), and six",
+        "of it with 0.7 s silences between (~60 s, `chunk_length_s=30`). RTF is seconds of compute per",
+        "second of audio; WER is against the known text.",
+        "",
+        "| model | clip | contestant | p50 (s) | RTF | speed-up | same text | WER |",
+        "|---|---|---|---|---|---|---|---|",
+        *[
+            f"| {r['model']} | {r['clip']} ({r['audio_s']:.1f} s) | {r['contestant']} | "
+            + (
+                f"{r['p50_s']:.2f} | {r['real_time_factor']:.3f} | {_speed(r['speedup'])} | "
+                f"{'yes' if r['quality']['same_text'] == 1.0 else 'no'} | {r['quality']['wer']:.3f} |"
+                if not r["note"]
+                else f"- | - | - | - | {r['note']} |"
+            )
+            for r in rows
+        ],
+    ]
+
+
 def _ratio(on: float, off: float) -> str:
     return f"{on / off:.2f}x" if off else "-"
 
@@ -142,6 +171,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"{_ms(r['p95_ms'])} | {_speed(r['speedup'])} | {_quality(r)} |"
         )
     lines += _vision(results)
+    lines += _speech(results)
     if results.get("generation"):
         lines += [
             "",

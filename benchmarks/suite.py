@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import runtime
-from benchmarks import batching, generation, inprocess, machine, report, server, vision
+from benchmarks import batching, generation, inprocess, machine, report, server, speech, vision
 from compile import CompileOptions, Device, Precision, Progress, compile_model
 
 GOALS = {
@@ -28,6 +28,7 @@ GOALS = {
     "minilm_int8_speedup": 2.5,
     "server_overhead_ms": 1.0,
     "vision_fp32_speedup": 1.5,
+    "speech_fp32_speedup": 1.5,
     "batching_x16_short_speedup": 2.0,
     "batching_x1_p50_penalty_ms": 0.3,
 }
@@ -105,6 +106,7 @@ def run(out: Path, *, quick: bool, device: str, say: Callable[[str], None] = log
         results["inprocess"] = [dataclasses.asdict(r) for r in rows]
         results["vision"] = classify_images(work, quick=quick, device=device, rounds=rounds, block=block, say=say)
         results["generation"] = [dataclasses.asdict(r) for r in generate(work, quick=quick, say=say)]
+        results["speech"] = [dataclasses.asdict(r) for r in transcribe(work, quick=quick, device=device, say=say)]
         results["server"] = serve(minilm, work, quick=quick, device=device, say=say)
     results["goals_measured"] = goals(results)
     results["seconds"] = round(time.monotonic() - started, 1)
@@ -171,6 +173,25 @@ def classify_images(
         "inprocess": [dataclasses.asdict(r) for r in rows],
         "preprocessing": [dataclasses.asdict(r) for r in preprocessing],
     }
+
+
+def transcribe(work: Path, *, quick: bool, device: str, say: Callable[[str], None]) -> list[speech.SpeechRow]:
+    """Whisper tiny.en (converted from a PyPI package by tests/support) on Beckett's recording:
+    ~10 s, and ~60 s in chunks (full run only)."""
+    try:
+        from tests.support.whisper_tiny import BECKETT, beckett_wav, build_whisper_tiny_en
+    except ImportError:
+        raise SystemExit(NOT_A_CHECKOUT) from None
+    import soundfile
+
+    say("in-process: Whisper tiny.en, automatic-speech-recognition (transformers pipeline baseline)")
+    model = build_whisper_tiny_en(work / "models" / "whisper-tiny.en")
+    recording, _ = soundfile.read(beckett_wav(), dtype="float32")
+    rows = speech.compare(
+        "Whisper tiny.en", model, recording, BECKETT, work, device=device, rounds=1 if quick else 3, log=say,
+        clips=["10s"] if quick else None,
+    )  # fmt: skip
+    return rows
 
 
 def serve(minilm: Path, work: Path, *, quick: bool, device: str, say: Callable[[str], None]) -> dict[str, Any]:
@@ -316,6 +337,7 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
             if r["contestant"] == "compiled"
         ],
         *[vision_goal(model, vision_rows) for model in dict.fromkeys(r["model"] for r in vision_rows)],
+        *speech_goals(results.get("speech", [])),
         {
             "goal": "server overhead (HTTP p50 - in-process p50)",
             "target": "<= 1 ms",
@@ -364,6 +386,30 @@ def batching_goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 }
             )
     return found
+
+
+def speech_goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per model: compiled fp32 against the transformers pipeline on every clip, same transcript."""
+
+    def ratio(row: dict[str, Any]) -> str:
+        return f"{row['clip']} {row['speedup']:.2f}x (RTF {row['real_time_factor']:.3f})"
+
+    goals = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        fp32 = [r for r in rows if r["model"] == model and r["contestant"] == "fp32"]
+        same = all(r["quality"]["same_text"] == 1.0 for r in fp32)
+        goals.append(
+            {
+                "goal": f"{model}: speech recognition, compiled fp32 vs PyTorch pipeline (same transcript)",
+                "target": ">= 1.5x",
+                "measured": ", ".join(
+                    f"{r['clip']} {r['speedup']:.2f}x (RTF {r['real_time_factor']:.3f})" for r in fp32
+                )
+                + ("" if same else "; transcripts differ"),
+                "met": bool(fp32) and same and all(r["speedup"] >= GOALS["speech_fp32_speedup"] for r in fp32),
+            }
+        )
+    return goals
 
 
 def vision_goal(model: str, rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -205,6 +205,18 @@ class Generator:
                 return
 
 
+def top_indices(values: np.ndarray, k: int) -> np.ndarray:
+    """The indices of the `k` largest values, largest first, ties in index order: what
+    `np.argsort(-values, kind="stable")[:k]` gives, without sorting every value (beam search
+    scores beams x vocabulary candidates a step: 5 x 51,864 for Whisper)."""
+    if k >= values.size:
+        return np.argsort(-values, kind="stable")
+    kth = values[np.argpartition(-values, k - 1)[:k]].min()
+    above, equal = np.flatnonzero(values > kth), np.flatnonzero(values == kth)
+    chosen = np.concatenate([above, equal[: k - above.size]])
+    return chosen[np.lexsort((chosen, -values[chosen]))]
+
+
 def beam_search(
     generator: Generator, prompt: list[int], sampling: Sampling, num_beams: int, length_penalty: float = 1.0,
     early_stopping: bool | str = False, cancelled: Callable[[], bool] = lambda: False,
@@ -247,7 +259,7 @@ def beam_search(
         )
         vocab = log_probs.shape[1]
         accumulated = (log_probs + running_scores[:, None]).reshape(-1)
-        top = np.argsort(-accumulated, kind="stable")[:keep]
+        top = top_indices(accumulated, keep)
         top_scores, top_beams, top_tokens = accumulated[top], top // vocab, top % vocab
         top_seqs = np.concatenate([running[top_beams], top_tokens[:, None]], axis=1)
         hits = np.array([t in eos for t in top_tokens]) | (cur_len + 1 >= max_length)
@@ -265,7 +277,8 @@ def beam_search(
         finished = [merged_seqs[i] for i in best]
         finished_scores, is_finished = merged_scores[best].astype(np.float32), merged_done[best]
         for name in past:
-            past[name] = past[name][beam_index]
+            if ".encoder." not in name:  # the cross-attention cache is one input's, the same in every row
+                past[name] = past[name][beam_index]
         step_ids = running[:, -1:]
         cur_len += 1
         if early_stopping == "never" and length_penalty > 0.0:
