@@ -140,11 +140,14 @@ def _speech_cases(
         features = np.asarray(
             extractor(sound, sampling_rate=served.sampling_rate, return_tensors="np")["input_features"]
         )
-        prompt, got = generate(generator, generation, features, Decoding(max_new_tokens=NEW_TOKENS))
+        greedy = Decoding(language=None, task=None, num_beams=1, max_new_tokens=NEW_TOKENS)
+        prompt, got, _ = generate(generator, generation, features, greedy)
         _, context = generator.start(prompt, {"input_features": features})
         first = generator.next_logits(prompt, context)
         with torch.inference_mode():
-            sequence = torch_model.generate(torch.from_numpy(features), max_new_tokens=NEW_TOKENS)[0].tolist()
+            sequence = torch_model.generate(
+                torch.from_numpy(features), max_new_tokens=NEW_TOKENS, num_beams=1, do_sample=False
+            )[0].tolist()
             logits = torch_model(torch.from_numpy(features), decoder_input_ids=torch.tensor([prompt])).logits[0, -1]
         want = sequence[len(prompt) :] if sequence[: len(prompt)] == prompt else sequence
         cases.append((f"sound {index}", (want, logits.float().numpy()), (got, first)))

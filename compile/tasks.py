@@ -218,7 +218,9 @@ def infer_task(model_dir: Path) -> str:
         return "ranking"  # a sentence-transformers CrossEncoder
     if config.get("model_type") in ("clip", "siglip"):
         return "zero-shot-image-classification"
-    if config.get("model_type") == "whisper":
+    if config.get("model_type") == "whisper" and any(
+        a.endswith("ForConditionalGeneration") for a in config.get("architectures") or []
+    ):
         return "automatic-speech-recognition"
     audio = "sampling_rate" in _preprocessor_config(model_dir)  # a feature extractor of sound
     for architecture in config.get("architectures") or []:

@@ -123,26 +123,33 @@ class Generator:
                 continue  # the encoder half of the cache is computed once
             past[name] = outputs[present]
 
-    def start(
-        self, prompt: list[int], encoder_inputs: dict[str, np.ndarray] | None = None
-    ) -> tuple[list[int], dict[str, np.ndarray]]:
-        """The decoder's first tokens, and the encoder's context its every step reads.
-
-        Decoder-only: the prompt, no context. Encoder-decoder with no `encoder_inputs`: the prompt
-        is the encoder's text and the decoder starts from its start token; with `encoder_inputs`
-        (speech features), the prompt is the decoder's own."""
-        if self.encoder is None:
-            return list(prompt), {}
-        if encoder_inputs is None:
-            ids = np.array([prompt], dtype=np.int64)
-            encoder_inputs = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-            tokens = [self.decoder_start]
-        else:
-            tokens = list(prompt)
+    def encode(self, encoder_inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The encoder's context, which every decoder step reads (and its mask, for text)."""
+        assert self.encoder is not None
         context = {"encoder_hidden_states": self.encoder.run(encoder_inputs)["last_hidden_state"]}
         if "input_ids" in encoder_inputs:
             context["encoder_attention_mask"] = encoder_inputs["attention_mask"]
-        return tokens, context
+        return context
+
+    def start(
+        self,
+        prompt: list[int],
+        encoder_inputs: dict[str, np.ndarray] | None = None,
+        context: dict[str, np.ndarray] | None = None,
+    ) -> tuple[list[int], dict[str, np.ndarray]]:
+        """The decoder's first tokens, and the encoder's context its every step reads.
+
+        Decoder-only: the prompt, no context. Encoder-decoder with neither `encoder_inputs` nor a
+        `context` already encoded: the prompt is the encoder's text and the decoder starts from its
+        start token; otherwise (speech features), the prompt is the decoder's own."""
+        if self.encoder is None:
+            return list(prompt), {}
+        if context is not None:
+            return list(prompt), context
+        if encoder_inputs is None:
+            ids = np.array([prompt], dtype=np.int64)
+            return [self.decoder_start], self.encode({"input_ids": ids, "attention_mask": np.ones_like(ids)})
+        return list(prompt), self.encode(encoder_inputs)
 
     def next_logits(self, tokens: list[int], context: dict[str, np.ndarray]) -> np.ndarray:
         """The scores of the token after `tokens` (one pass, no cache kept): Whisper's language
@@ -160,11 +167,12 @@ class Generator:
         sampling: Sampling,
         cancelled: Callable[[], bool] = lambda: False,
         encoder_inputs: dict[str, np.ndarray] | None = None,
+        context: dict[str, np.ndarray] | None = None,
     ) -> Iterator[Step]:
         """Yield generated tokens until EOS, the token limit, the time limit, or cancellation."""
         rng = np.random.default_rng(None if sampling.seed is None else sampling.seed % (1 << 64))  # any integer
-        deadline = time.monotonic() + sampling.time_limit_s if sampling.time_limit_s else None
-        tokens, context = self.start(prompt, encoder_inputs)
+        deadline = time.monotonic() + sampling.time_limit_s if sampling.time_limit_s is not None else None
+        tokens, context = self.start(prompt, encoder_inputs, context)
         past = self._empty_past()
         # transformers penalizes what the decoder has seen: the prompt, or a seq2seq decoder's own inputs
         seen = np.array(tokens, dtype=np.int64)
@@ -220,7 +228,7 @@ def top_indices(values: np.ndarray, k: int) -> np.ndarray:
 def beam_search(
     generator: Generator, prompt: list[int], sampling: Sampling, num_beams: int, length_penalty: float = 1.0,
     early_stopping: bool | str = False, cancelled: Callable[[], bool] = lambda: False,
-    encoder_inputs: dict[str, np.ndarray] | None = None,
+    encoder_inputs: dict[str, np.ndarray] | None = None, context: dict[str, np.ndarray] | None = None,
 ) -> tuple[list[int], str | None]:  # fmt: skip
     """transformers' beam search (4.57, batch of one), deterministic: the best finished sequence's
     new tokens. Candidates: the top `max(2, 1 + n_eos) * num_beams` continuations; a finished one
@@ -229,10 +237,10 @@ def beam_search(
 
     Like `Generator.run`, it checks the time limit and `cancelled` after every step; stopped there,
     it answers the best running beam so far and the reason ("time_limit", "cancelled"), else None."""
-    deadline = time.monotonic() + sampling.time_limit_s if sampling.time_limit_s else None
+    deadline = time.monotonic() + sampling.time_limit_s if sampling.time_limit_s is not None else None
     n, eos = num_beams, set(sampling.eos_token_ids)
     keep = max(2, 1 + len(eos)) * n
-    start, context = generator.start(prompt, encoder_inputs)
+    start, context = generator.start(prompt, encoder_inputs, context)
     context = {name: np.repeat(value, n, 0) for name, value in context.items()}
     prompt_len = len(start)
     max_length = prompt_len + sampling.max_new_tokens

@@ -53,6 +53,7 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "KILN_MAX_SEQUENCES": ("max_sequences", int),
     "KILN_MAX_IMAGE_PIXELS": ("max_image_pixels", int),
     "KILN_MAX_AUDIO_SECONDS": ("max_audio_seconds", float),
+    "KILN_MAX_CALL_AUDIO_SECONDS": ("max_call_audio_seconds", float),
     "KILN_MAX_RESPONSE_BYTES": ("max_response_bytes", int),
     "KILN_API_TOKEN": ("api_token", str),
     "KILN_CACHE": ("cache_dir", Path),
@@ -94,6 +95,7 @@ class Settings:
     max_sequences: int = 256
     max_image_pixels: int = 40_000_000
     max_audio_seconds: float = 600.0
+    max_call_audio_seconds: float = 60.0
     max_response_bytes: int = 32 * 1024 * 1024
     api_token: str | None = None
     cache_dir: Path = Path.home() / ".cache" / "kiln" / "artifacts"
@@ -139,6 +141,7 @@ class Settings:
             max_sequences=self.max_sequences,
             max_image_pixels=self.max_image_pixels,
             max_audio_seconds=self.max_audio_seconds,
+            max_call_audio_seconds=self.max_call_audio_seconds,
             max_response_values=self.max_response_bytes // JSON_BYTES_PER_NUMBER,
             max_new_tokens=self.max_new_tokens,
             default_new_tokens=min(100, self.max_new_tokens),

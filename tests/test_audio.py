@@ -23,6 +23,7 @@ from huggingface_hub import InferenceClient
 
 import runtime
 from runtime import InvalidInput, InvalidParameter, Unprocessable
+from runtime.tasks.base import Limits
 from tests.conftest import Lazy, Server
 from tests.support.audio import sample_audio
 from tests.support.whisper_tiny import BECKETT, beckett_wav, build_whisper_tiny_en, word_error_rate
@@ -160,22 +161,63 @@ def test_audio_inputs_and_their_errors(artifacts: Lazy[tuple[str, str], Path]) -
         pipe(clip, function_to_apply="relu")
 
 
-def test_whisper_refuses_what_transformers_refuses(artifacts: Lazy[tuple[str, str], Path]) -> None:
+def test_whisper_refusals_and_bounds(artifacts: Lazy[tuple[str, str], Path]) -> None:
+    """What transformers refuses is a 400 here too; what this server bounds is a 422 that names the
+    bound, decided before the model runs; a transcription cut short by the time limit is refused."""
     english = runtime.load(artifacts["automatic-speech-recognition", "whisper-en"])
     clip = sample_audio(1.0)
     with pytest.raises(InvalidParameter, match="English-only"):
         english(clip, generate_kwargs={"language": "fr"})
     multilingual = runtime.load(artifacts["automatic-speech-recognition", "whisper"])
-    with pytest.raises(InvalidParameter, match="language"):
-        multilingual(clip, generate_kwargs={"language": "klingon"})
-    with pytest.raises(InvalidParameter, match="task"):
-        multilingual(clip, generate_kwargs={"task": "summarize"})
-    with pytest.raises(InvalidParameter, match="num_beams"):
-        multilingual(clip, generate_kwargs={"num_beams": 99})
-    with pytest.raises(InvalidParameter, match="max_new_tokens"):
-        multilingual(clip, generate_kwargs={"max_new_tokens": 100_000})
-    with pytest.raises(InvalidParameter, match="unknown parameter"):
-        multilingual(clip, generate_kwargs={"no_such_option": 1})
+    for kwargs, error, words in (
+        ({"language": "klingon"}, InvalidParameter, "language"),
+        ({"task": "summarize"}, InvalidParameter, "task"),
+        ({"no_such_option": 1}, InvalidParameter, "unknown parameter"),
+        ({"num_beams": 0}, InvalidParameter, "num_beams"),
+        ({"num_beams": 99}, Unprocessable, "KILN_MAX_BEAMS"),
+        ({"max_new_tokens": 100_000}, Unprocessable, "KILN_MAX_NEW_TOKENS"),
+        ({"do_sample": True}, Unprocessable, "do_sample"),
+    ):
+        with pytest.raises(error, match=words):
+            multilingual(clip, generate_kwargs=kwargs)
+    long = sample_audio(70.0, seed=3)
+    with pytest.raises(InvalidParameter, match="at most 30 s"):  # a chunk longer than Whisper's window
+        multilingual(long, chunk_length_s=600)
+    multilingual.limits = Limits(time_limit_s=0.05)
+    with pytest.raises(Unprocessable, match="KILN_GENERATION_TIMEOUT"):  # one deadline for all the chunks
+        multilingual(long, chunk_length_s=30)
+    multilingual.limits = Limits(max_kv_cache_bytes=1 << 20)
+    with pytest.raises(Unprocessable, match="KILN_MAX_KV_CACHE_MB"):
+        multilingual(clip)
+
+
+def test_chunking_bounds_and_short_audio(artifacts: Lazy[tuple[str, str], Path]) -> None:
+    """Chunking parameters are checked (a 400 that names them, never a 500 from the arithmetic);
+    a click of a few samples answers, padded past the model's first convolution; audio longer than
+    one model call takes needs chunks; a request's audio is bounded in total, list or not."""
+    ctc = runtime.load(artifacts["automatic-speech-recognition", "wav2vec2"])
+    clip = sample_audio(3.006)  # its last 1 s chunk is 6 ms long
+    for parameters in (
+        {"chunk_length_s": 2, "stride_length_s": 1},  # no step forward
+        {"chunk_length_s": 0.01},
+        {"chunk_length_s": float("nan")},
+        {"chunk_length_s": -1, "stride_length_s": -10},
+        {"chunk_length_s": 1, "stride_length_s": [0.2, -5]},
+        {"chunk_length_s": 1, "stride_length_s": [0.1, 0.1, 0.1]},
+        {"chunk_length_s": 120},  # past what one model call takes
+    ):
+        with pytest.raises(InvalidParameter):
+            ctc(clip, **parameters)
+    assert ctc(clip, chunk_length_s=1, stride_length_s=0)["text"]
+    classifier = runtime.load(artifacts["audio-classification", "wav2vec2"])
+    for samples in (1, 10, 300):
+        assert isinstance(ctc(np.full(samples, 0.1, dtype=np.float32))["text"], str)
+        assert len(classifier(wav(np.full(samples, 0.1, dtype=np.float32)))) == 4
+    with pytest.raises(Unprocessable, match="chunk_length_s"):
+        ctc(np.zeros(61 * RATE, dtype=np.float32))
+    ctc.limits = Limits(max_audio_seconds=5)
+    with pytest.raises(Unprocessable, match="5 s"):
+        ctc([wav(clip), wav(clip)])  # 6 s in all
 
 
 def test_servers_answer_inference_client_and_raw_audio(

@@ -154,7 +154,7 @@ USAGE_ERRORS = {
     "unknown task": (
         ["compile", "{model}", "--out", "{out}", "--task", "telepathy"],
         {},
-        "kiln compile: kiln cannot compile task 'telepathy'; it compiles: audio-classification, automatic-speech-recognition, ",
+        "kiln compile: kiln cannot compile task 'telepathy'; it compiles: audio-classification, ",
     ),
     "--out is a directory that is not an artifact": (
         ["compile", "{model}", "--out", "{model}"],

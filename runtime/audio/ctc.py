@@ -29,6 +29,7 @@ class Offset:
 @dataclass(frozen=True)
 class CtcVocabulary:
     tokens: dict[int, str]
+    unknown: str
     blank: str
     word_delimiter: str
     delimiter_char: str
@@ -49,6 +50,7 @@ class CtcVocabulary:
             tokens.setdefault(int(index), str(added["content"]))
         return cls(
             tokens=tokens,
+            unknown=_token(config.get("unk_token"), "<unk>"),
             blank=_token(config.get("pad_token"), "<pad>"),
             word_delimiter=_token(config.get("word_delimiter_token"), "|"),
             delimiter_char=str(config.get("replace_word_delimiter_char", " ")),
@@ -58,7 +60,7 @@ class CtcVocabulary:
 
     def decode(self, ids: list[int]) -> tuple[str, list[Offset]]:
         """The text of one sequence of frame ids, and each character's frames (blanks left out)."""
-        runs = [(self.tokens.get(i, ""), len(list(group))) for i, group in groupby(ids)]
+        runs = [(self.tokens.get(i, self.unknown), len(list(group))) for i, group in groupby(ids)]
         chars, start = [], 0
         for token, count in runs:
             if token != self.blank:

@@ -36,6 +36,9 @@ MEDIA_TYPES = (
 libsndfile decodes neither container."""
 
 MAX_SAMPLE_RATE = 384_000
+DECODED_RATE = 48_000
+"""Samples decoded per second allowed: a file may hold at most `max_seconds * DECODED_RATE` frames,
+so a high rate cannot multiply what the length limit lets a request hold in memory."""
 """The highest sampling rate decoded; a header may claim any rate, and the work grows with it."""
 
 RESAMPLE_QUALITY = "HQ"
@@ -60,6 +63,7 @@ def load_audio(data: bytes, *, sampling_rate: int, max_seconds: float) -> npt.ND
       samples: `InvalidInput`;
     - longer than `max_seconds`: `Unprocessable`, from the header, before any sample is decoded (and
       while decoding, at the limit, should a stream hold more samples than its header declares);
+      more frames than `max_seconds` at `DECODED_RATE` (a high rate would multiply the memory),
       a sampling rate above `MAX_SAMPLE_RATE`, or a FLAC stream that does not declare its length
       (what an encoder writing to a pipe leaves; libsndfile cannot read one): `Unprocessable`;
     - several channels: their mean. transformers' ASR pipeline takes the mean of a (channels,
@@ -103,6 +107,11 @@ def _check_header(file: soundfile.SoundFile, max_seconds: float) -> int:
         raise Unprocessable(f"the {file.format} audio does not declare its length; send a complete file")
     if file.frames > max_seconds * rate:
         raise Unprocessable(f"the audio lasts {file.frames / rate:.1f} s, more than the {max_seconds:g} s allowed")
+    if file.frames > max_seconds * DECODED_RATE:
+        raise Unprocessable(
+            f"the audio holds {file.frames} samples ({file.frames / rate:.1f} s at {rate} Hz); at most "
+            f"{max_seconds:g} s at {DECODED_RATE} Hz are decoded: send it at a lower rate"
+        )
     return rate
 
 

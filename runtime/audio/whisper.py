@@ -39,6 +39,8 @@ class WhisperGeneration:
     max_length: int
     multilingual: bool | None
     num_beams: int  # transformers' ASR pipeline: 5 (openai's whisper) unless the config sets another
+    language: str | None = None  # the config's own defaults (fine-tuned checkpoints set them)
+    task: str | None = None
 
     @classmethod
     def from_config(cls, generation: dict[str, Any], config: dict[str, Any]) -> WhisperGeneration:
@@ -47,6 +49,12 @@ class WhisperGeneration:
             raise ArtifactError("generation_config.json names no decoder_start_token_id")
         eos = generation.get("eos_token_id", config.get("eos_token_id"))
         forced = generation.get("forced_decoder_ids") or config.get("forced_decoder_ids") or []
+        vocab = int(config.get("vocab_size") or 1 << 31)
+
+        def in_vocabulary(ids: Any) -> tuple[int, ...]:  # transformers' processors skip ids past the logits
+            return tuple(int(i) for i in ids or () if 0 <= int(i) < vocab)
+
+        beams = int(generation.get("num_beams") or 1)
         return cls(
             start=int(start),
             eos=tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),)),
@@ -54,11 +62,13 @@ class WhisperGeneration:
             languages={str(k): int(v) for k, v in (generation.get("lang_to_id") or {}).items()},
             tasks={str(k): int(v) for k, v in (generation.get("task_to_id") or {}).items()},
             forced=tuple((int(i), None if t is None else int(t)) for i, t in forced),
-            suppress=tuple(generation.get("suppress_tokens") or ()),
-            begin_suppress=tuple(generation.get("begin_suppress_tokens") or ()),
+            suppress=in_vocabulary(generation.get("suppress_tokens")),
+            begin_suppress=in_vocabulary(generation.get("begin_suppress_tokens")),
             max_length=int(generation.get("max_length") or config.get("max_target_positions") or 448),
             multilingual=generation.get("is_multilingual"),
-            num_beams=int(generation.get("num_beams") or 1) if generation.get("num_beams", 1) != 1 else PIPELINE_BEAMS,
+            num_beams=beams if beams != 1 else PIPELINE_BEAMS,
+            language=generation.get("language"),
+            task=generation.get("task"),
         )
 
     @property
@@ -150,19 +160,20 @@ class WhisperGeneration:
 
 @dataclass(frozen=True)
 class Decoding:
-    """What a request asks of Whisper's decoding (the `generate_kwargs` transformers takes)."""
+    """What a request asks of Whisper's decoding (the `generate_kwargs` transformers takes), with
+    the model's defaults filled in: `max_new_tokens` is known, `time_limit_s` is what is left of
+    the request's time."""
 
-    language: str | None = None
-    task: str | None = None
-    timestamps: bool = False
-    num_beams: int = 1
-    max_new_tokens: int | None = None
+    language: str | None
+    task: str | None
+    num_beams: int
+    max_new_tokens: int
     time_limit_s: float | None = None
+    timestamps: bool = False
 
 
-def detect_language(generator: Generator, generation: WhisperGeneration, encoder_inputs: dict[str, np.ndarray]) -> int:
+def detect_language(generator: Generator, generation: WhisperGeneration, context: dict[str, np.ndarray]) -> int:
     """The language token the model scores best after its start token (`detect_language`)."""
-    _, context = generator.start([generation.start], encoder_inputs)
     logits = generator.next_logits([generation.start], context)
     ids = sorted(generation.languages.values())
     return ids[int(np.argmax(logits[ids]))]
@@ -174,36 +185,31 @@ def generate(
     features: np.ndarray,
     decoding: Decoding,
     cancelled: Callable[[], bool] = lambda: False,
-) -> tuple[list[int], list[int]]:
-    """Whisper's `generate` on one segment's log-mel features `(1, mels, frames)`: its prompt,
-    and the tokens it produced after it (greedy, or beam search), without the end token, as
-    transformers' Whisper `generate` returns them."""
-    encoder_inputs = {"input_features": features}
-
-    def detect() -> int:
-        return detect_language(generator, generation, encoder_inputs)
-
-    prompt = generation.init_tokens(decoding.language, decoding.task, decoding.timestamps, detect)
-    room = generation.max_length - len(prompt)
-    new_tokens = room if decoding.max_new_tokens is None else decoding.max_new_tokens
-    if new_tokens > room:
-        raise InvalidParameter(
-            f"`max_new_tokens` ({new_tokens}) and the prompt ({len(prompt)} tokens) exceed the model's "
-            f"{generation.max_length} positions: ask for at most {room}"
-        )
+) -> tuple[list[int], list[int], str | None]:
+    """Whisper's `generate` on one segment's log-mel features `(1, mels, frames)`: its prompt, the
+    tokens it produced after it (greedy, or beam search) without the end token, as transformers'
+    Whisper `generate` returns them, and why it stopped early ("time_limit", "cancelled") or None.
+    The encoder runs once; language detection reads its context too."""
+    context = generator.encode({"input_features": features})
+    prompt = generation.init_tokens(
+        decoding.language, decoding.task, decoding.timestamps, lambda: detect_language(generator, generation, context)
+    )
     sampling = Sampling(
-        max_new_tokens=new_tokens, eos_token_ids=generation.eos, time_limit_s=decoding.time_limit_s,
+        max_new_tokens=min(decoding.max_new_tokens, generation.max_length - len(prompt)),
+        eos_token_ids=generation.eos, time_limit_s=decoding.time_limit_s,
         suppress_tokens=generation.suppress, begin_suppress_tokens=generation.begin_suppress,
     )  # fmt: skip
+    reason: str | None
     if decoding.num_beams > 1:
-        tokens, _ = beam_search(
-            generator, prompt, sampling, decoding.num_beams, cancelled=cancelled, encoder_inputs=encoder_inputs
+        tokens, reason = beam_search(
+            generator, prompt, sampling, decoding.num_beams, cancelled=cancelled, context=context
         )
     else:
-        tokens = [step.token_id for step in generator.run(prompt, sampling, cancelled, encoder_inputs)]
+        steps = list(generator.run(prompt, sampling, cancelled, context=context))
+        tokens, reason = [step.token_id for step in steps], steps[-1].finish_reason if steps else None
     if tokens and tokens[-1] in generation.eos:
         tokens = tokens[:-1]
-    return prompt, tokens
+    return prompt, tokens, reason if reason in ("time_limit", "cancelled") else None
 
 
 def merge_overlapping(pieces: list[list[int]]) -> list[int]:

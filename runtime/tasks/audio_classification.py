@@ -35,8 +35,9 @@ class AudioClassificationPipeline(AudioPipeline):
         if function not in FUNCTIONS:
             raise InvalidParameter(f"`function_to_apply` must be one of {', '.join(FUNCTIONS)}; got {function!r}")
         waveforms, single = self.waveforms(inputs)
-        items = [{k: v[0] for k, v in self.features([w]).items()} for w in waveforms]
-        return items, single
+        for waveform in waveforms:
+            self.check_call_length(len(waveform), "send a shorter clip")
+        return [self.item(waveform) for waveform in waveforms], single
 
     def postprocess(
         self, outputs: list[dict[str, np.ndarray]], single: bool, params: AudioClassificationParameters

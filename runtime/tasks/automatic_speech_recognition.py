@@ -9,8 +9,11 @@ of each stride are dropped before the chunks' frames are joined.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from typing import Any, ClassVar
+import math
+import time
+from typing import Any, ClassVar, Literal
 
 import msgspec
 import numpy as np
@@ -28,7 +31,7 @@ from runtime.text import TextTokenizer
 
 
 class SpeechRecognitionParameters(msgspec.Struct, forbid_unknown_fields=True):
-    return_timestamps: bool | str | None = None
+    return_timestamps: bool | Literal["char", "word"] | None = None
     chunk_length_s: float | None = None
     stride_length_s: float | list[float] | None = None
     generate_kwargs: dict[str, Any] | None = None
@@ -70,23 +73,52 @@ class AutomaticSpeechRecognitionPipeline(AudioPipeline):
     def variant(cls, manifest: Manifest) -> type[Pipeline]:
         return WhisperPipeline if "encoder" in manifest.graphs else CtcPipeline
 
-    def split(self, waveform: np.ndarray, params: SpeechRecognitionParameters) -> list[tuple[int, int, int, int]]:
-        """The chunks of one waveform, as `chunks` ranges (one range for the whole when not chunked)."""
-        if not params.chunk_length_s:
-            return [(0, len(waveform), 0, 0)]
-        stride = params.stride_length_s if params.stride_length_s is not None else params.chunk_length_s / 6
-        if not isinstance(stride, (int, float)) and len(stride) != 2:
-            raise InvalidParameter("`stride_length_s` is one number or two (left, right)")
-        left, right = (stride, stride) if isinstance(stride, (int, float)) else tuple(stride)
+    def max_chunk_samples(self) -> int:
+        """The longest chunk one model call takes."""
+        raise NotImplementedError
+
+    def plan(
+        self, waveforms: list[np.ndarray], params: SpeechRecognitionParameters
+    ) -> list[list[tuple[int, int, int, int]]]:
+        """Each waveform's chunks (`chunks` ranges; one range for the whole when not chunked),
+        checked before any model call: positive finite lengths, a chunk that steps forward and fits
+        one model call, and no more chunks in the request than `limits.max_sequences`."""
+        chunk_s, stride = params.chunk_length_s, params.stride_length_s
+        if chunk_s is None or chunk_s == 0:
+            for waveform in waveforms:
+                if len(waveform) > self.max_chunk_samples():
+                    limit = self.max_chunk_samples() / self.sampling_rate
+                    raise Unprocessable(
+                        f"the audio lasts {len(waveform) / self.sampling_rate:.1f} s, more than one model call takes "
+                        f"({limit:g} s): pass `chunk_length_s` (at most {limit:g}) to transcribe it in chunks"
+                    )
+            return [[(0, len(waveform), 0, 0)] for waveform in waveforms]
+        if not math.isfinite(chunk_s) or chunk_s < 0:
+            raise InvalidParameter(f"`chunk_length_s` must be a positive number of seconds; got {chunk_s}")
+        if stride is None:
+            stride = chunk_s / 6
+        strides = [stride, stride] if isinstance(stride, (int, float)) else list(stride)
+        if len(strides) != 2 or not all(math.isfinite(s) and s >= 0 for s in strides):
+            raise InvalidParameter("`stride_length_s` is one number of seconds, or two (left, right), each >= 0")
         align, rate = self.samples_per_frame, self.sampling_rate
 
         def aligned(seconds: float) -> int:
             return int(round(seconds * rate / align) * align)
 
-        chunk, left_n, right_n = aligned(params.chunk_length_s), aligned(left), aligned(right)
-        if chunk < left_n + right_n:
-            raise InvalidParameter("`chunk_length_s` must be longer than the two strides (`stride_length_s`)")
-        return chunks(len(waveform), chunk, left_n, right_n)
+        chunk, left, right = aligned(chunk_s), aligned(strides[0]), aligned(strides[1])
+        if chunk - left - right <= 0:
+            raise InvalidParameter("`chunk_length_s` must be longer than its two strides (`stride_length_s`) together")
+        if chunk > self.max_chunk_samples():
+            limit = self.max_chunk_samples() / rate
+            raise InvalidParameter(f"`chunk_length_s` is at most {limit:g} s for this model; got {chunk_s}")
+        ranges = [chunks(len(waveform), chunk, left, right) for waveform in waveforms]
+        count = sum(len(r) for r in ranges)
+        if count > self.limits.max_sequences:
+            raise Unprocessable(
+                f"the audio makes {count} chunks; this server runs at most {self.limits.max_sequences} per request: "
+                "send less audio or a longer `chunk_length_s`"
+            )
+        return ranges
 
 
 class CtcPipeline(AutomaticSpeechRecognitionPipeline):
@@ -98,6 +130,9 @@ class CtcPipeline(AutomaticSpeechRecognitionPipeline):
         self.vocabulary = CtcVocabulary.from_directory(self.directory)
         self.samples_per_frame = int(np.prod(self.config.get("conv_stride") or [320]))
 
+    def max_chunk_samples(self) -> int:
+        return int(self.limits.max_call_audio_seconds * self.sampling_rate)
+
     def preprocess(self, inputs: Any, params: SpeechRecognitionParameters) -> tuple[list[Any], Any]:
         timestamps = params.return_timestamps
         if timestamps not in (None, False, "char", "word"):
@@ -105,11 +140,8 @@ class CtcPipeline(AutomaticSpeechRecognitionPipeline):
         waveforms, single = self.waveforms(inputs)
         items: list[dict[str, np.ndarray]] = []
         strides: list[list[tuple[int, int, int]]] = []
-        for waveform in waveforms:
-            ranges = self.split(waveform, params)
-            self.check_sequences(len(items) + len(ranges), "the audio needs")
-            for start, end, _, _ in ranges:
-                items.append({k: v[0] for k, v in self.features([waveform[start:end]]).items()})
+        for waveform, ranges in zip(waveforms, self.plan(waveforms, params)):
+            items += [self.item(waveform[start:end]) for start, end, _, _ in ranges]
             strides.append([(end - start, left, right) for start, end, left, right in ranges])
         return items, (strides, single)
 
@@ -164,48 +196,80 @@ class WhisperPipeline(AutomaticSpeechRecognitionPipeline):
         defaults = json.loads(path.read_text()) if path.is_file() else {}
         self.generation = WhisperGeneration.from_config(defaults, self.config)
         self.special = set(self.tokenizer.info.special_ids)
-        self.segment_samples = int(getattr(self.features, "n_samples", 30 * self.sampling_rate))
+        self.segment_samples = int(getattr(self.features, "n_samples", 30 * self.sampling_rate))  # 30 s
+
+    def max_chunk_samples(self) -> int:
+        return self.segment_samples
 
     def decoding(self, params: SpeechRecognitionParameters) -> Decoding:
+        """The request's decoding, every bound checked before any work: beams, new tokens, and the
+        key/value cache that beams x (prompt + new tokens) hold against 30 s of audio."""
         merged: dict[str, Any] = {}
         for nested in (params.generation_parameters, params.generate_kwargs):
             merged.update(nested or {})
         options = parse_parameters(WhisperOptions, merged)
-        if params.max_new_tokens is not None:
-            options.max_new_tokens = params.max_new_tokens
-        beams = self.generation.num_beams if options.num_beams is None else options.num_beams
-        if not 1 <= beams <= self.limits.max_beams:
-            raise InvalidParameter(f"`num_beams` must be between 1 and {self.limits.max_beams}; got {beams}")
-        if options.do_sample:
-            raise Unprocessable("`do_sample` is not supported for Whisper here: decoding is greedy or beam search")
-        if options.max_new_tokens is not None and not 1 <= options.max_new_tokens <= self.limits.max_new_tokens:
-            raise InvalidParameter(f"`max_new_tokens` must be between 1 and {self.limits.max_new_tokens}")
         if params.return_timestamps:
             raise Unprocessable("`return_timestamps` is not supported for Whisper models by this server yet")
+        if options.do_sample:
+            raise Unprocessable("`do_sample` is not supported for Whisper here: decoding is greedy or beam search")
+        limits, generation = self.limits, self.generation
+        beams = generation.num_beams if options.num_beams is None else options.num_beams
+        if beams < 1:
+            raise InvalidParameter(f"`num_beams` must be at least 1; got {beams}")
+        if beams > limits.max_beams:
+            raise Unprocessable(
+                f"`num_beams` is at most {limits.max_beams} on this server (KILN_MAX_BEAMS); got {beams}"
+            )
+        room = generation.max_length - 1  # after the start token; `generate` keeps to what the prompt leaves
+        asked = params.max_new_tokens if params.max_new_tokens is not None else options.max_new_tokens
+        if asked is not None and asked < 1:
+            raise InvalidParameter(f"`max_new_tokens` must be at least 1; got {asked}")
+        if asked is not None and asked > min(room, limits.max_new_tokens):
+            raise Unprocessable(
+                f"`max_new_tokens` is at most {min(room, limits.max_new_tokens)} here (the model's "
+                f"{generation.max_length} positions, KILN_MAX_NEW_TOKENS); got {asked}"
+            )
+        new_tokens = min(room, limits.max_new_tokens) if asked is None else asked
+        encoder_frames = int(self.config.get("max_source_positions") or 1500)
+        cache = beams * self.generator.cache_bytes(min(generation.max_length, 4 + new_tokens), encoder_frames)
+        if cache > limits.max_kv_cache_bytes:
+            raise Unprocessable(
+                f"{beams} beams of {new_tokens} tokens need {cache >> 20} MB of key/value cache; this server allows "
+                f"{limits.max_kv_cache_bytes >> 20} MB (KILN_MAX_KV_CACHE_MB): ask for fewer beams or tokens"
+            )
         return Decoding(
-            language=options.language, task=options.task, num_beams=beams,
-            max_new_tokens=options.max_new_tokens, time_limit_s=self.limits.time_limit_s,
+            language=options.language or generation.language, task=options.task or generation.task,
+            num_beams=beams, max_new_tokens=new_tokens,
         )  # fmt: skip
 
     def predict(self, inputs: Any, params: SpeechRecognitionParameters) -> Any:
+        """Every input's chunks planned before the first model call; then each chunk decoded with
+        what is left of the request's time limit (a transcript cut short is refused, not sent)."""
         decoding = self.decoding(params)
         waveforms, single = self.waveforms(inputs)
-        results = [self.transcribe(waveform, params, decoding) for waveform in waveforms]
+        plans = self.plan(waveforms, params)
+        deadline = None if self.limits.time_limit_s is None else time.monotonic() + self.limits.time_limit_s
+        results = []
+        for waveform, ranges in zip(waveforms, plans):
+            pieces = []
+            for start, end, _, _ in ranges:
+                left = None if deadline is None else deadline - time.monotonic()
+                stopped = None if left is None or left > 0 else "time_limit"
+                if stopped is None:
+                    features = self.features([waveform[start:end]])["input_features"]
+                    step = dataclasses.replace(decoding, time_limit_s=left)
+                    _, tokens, stopped = generate(self.generator, self.generation, features, step)
+                if stopped == "time_limit":
+                    raise Unprocessable(
+                        f"the transcription took longer than the {self.limits.time_limit_s:g} s a request may take "
+                        "(KILN_GENERATION_TIMEOUT): send less audio, or fewer beams"
+                    )
+                pieces.append(tokens)
+            results.append({"text": self.generation.transcript(pieces, self.special, self.tokenizer)})
         return results[0] if single else results
 
-    def transcribe(self, waveform: np.ndarray, params: SpeechRecognitionParameters, decoding: Decoding) -> Any:
-        if len(waveform) > self.segment_samples and not params.chunk_length_s:
-            raise Unprocessable(
-                f"the audio lasts {len(waveform) / self.sampling_rate:.1f} s, more than Whisper's "
-                f"{self.segment_samples / self.sampling_rate:g} s: pass `chunk_length_s` (30) to transcribe in chunks"
-            )
-        ranges = self.split(waveform, params)
-        self.check_sequences(len(ranges), "the audio needs")
-        pieces = []
-        for start, end, _, _ in ranges:
-            features = self.features([waveform[start:end]])["input_features"]
-            pieces.append(generate(self.generator, self.generation, features, decoding)[1])
-        return {"text": self.generation.transcript(pieces, self.special, self.tokenizer)}
+    def core(self, items: Any) -> list[dict[str, np.ndarray]]:
+        raise NotImplementedError("Whisper decodes in `predict`, token by token: it has no one-call core")
 
 
 class WhisperOptions(msgspec.Struct, forbid_unknown_fields=True):

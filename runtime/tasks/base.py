@@ -1,7 +1,8 @@
 """The shared shape of every task pipeline: parse parameters, preprocess, run the graph, postprocess.
 
-A task module subclasses `TextPipeline` or `ImagePipeline` (runtime.tasks.vision) and fills in only
-what differs: its `Parameters` struct, its hooks, and an `example` used to warm the session up.
+A task module subclasses the pipeline of its input kind (`TextPipeline` here, `ImagePipeline` in
+runtime.tasks.vision, `AudioPipeline` in runtime.tasks.audio) and fills in only what differs: its
+`Parameters` struct, its hooks, and an `example` used to warm the session up.
 """
 
 from __future__ import annotations
@@ -81,7 +82,9 @@ class Limits:
     - `max_sequences`: model rows one request may need (question-answering and token-classification
       windows, zero-shot text x label pairs, inputs);
     - `max_image_pixels`: width x height of one image, read from its header before decoding;
-    - `max_audio_seconds`: the length of one audio input, read from a file's header before decoding;
+    - `max_audio_seconds`: the length of a request's audio, read from a file's header before decoding;
+    - `max_call_audio_seconds`: the audio one model call of a CTC model or a classifier holds (a
+      longer input needs `chunk_length_s`; batches are cut to it);
     - `max_response_values`: numbers in one answer (per-token feature-extraction, `/tokenize`);
     - generation: `max_new_tokens` (and the default when a request names none), seconds of
       generation, beams, stop sequences, and the bytes of key/value cache that beams x length need.
@@ -90,6 +93,7 @@ class Limits:
     max_sequences: int = 256
     max_image_pixels: int = 40_000_000
     max_audio_seconds: float = 600.0
+    max_call_audio_seconds: float = 60.0
     max_response_values: int = 2_000_000
     max_new_tokens: int = 1024
     default_new_tokens: int = 100
@@ -163,17 +167,20 @@ class Pipeline:
     def postprocess(self, outputs: list[dict[str, np.ndarray]], context: Any, params: Any) -> Any:
         raise NotImplementedError
 
-    def run_same_shapes(self, items: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    def run_same_shapes(
+        self, items: Sequence[Mapping[str, np.ndarray]], max_rows: int | None = None
+    ) -> list[dict[str, np.ndarray]]:
         """The core of tasks whose items are ready arrays (images, audio features): items of the same
-        shapes run together, in batches of `batch_size`, and nothing is padded, so every answer is the
-        batch-1 answer."""
+        shapes run together, in batches of `batch_size` (and at most `max_rows`), and nothing is
+        padded, so every answer is the batch-1 answer."""
+        rows_per_call = min(self.batch_size, max_rows or self.batch_size)
         groups: dict[tuple[tuple[str, tuple[int, ...]], ...], list[int]] = {}
         for index, item in enumerate(items):
             groups.setdefault(tuple((k, v.shape) for k, v in sorted(item.items())), []).append(index)
         results: list[dict[str, np.ndarray]] = [{} for _ in items]
         for rows in groups.values():
-            for start in range(0, len(rows), self.batch_size):
-                batch = rows[start : start + self.batch_size]
+            for start in range(0, len(rows), rows_per_call):
+                batch = rows[start : start + rows_per_call]
                 feeds = {name: np.stack([items[i][name] for i in batch]) for name in items[batch[0]]}
                 outputs = self.model.run(feeds)
                 for j, i in enumerate(batch):
