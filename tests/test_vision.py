@@ -308,3 +308,15 @@ def test_exif_orientation_is_applied(servers: Lazy[str, Server], tiny_models: La
     got = httpx.post(f"{server.url}/?top_k=3", content=data.getvalue(), headers={"content-type": "image/jpeg"}).json()
     assert [g["label"] for g in got] == [w["label"] for w in want]
     assert [g["score"] for g in got] == pytest.approx([w["score"] for w in want], abs=1e-4)
+
+
+def test_vit_attention_is_fused_on_cpu(artifacts: Lazy[tuple[str, str], Path]) -> None:
+    """The SDPA export's scaling is rewritten so that ONNX Runtime fuses ViT's attention, and the
+    layer norms stay unfused (the fused fp32 SkipLayerNormalization is slower on CPU); the parity
+    tests above hold for this graph."""
+    import onnx
+
+    graph = onnx.load(str(artifacts["image-classification", "vit"] / "model.onnx"), load_external_data=False)
+    ops = {node.op_type for node in graph.graph.node}
+    assert "Attention" in ops and "Softmax" not in ops
+    assert "SkipLayerNormalization" not in ops and "LayerNormalization" in ops
