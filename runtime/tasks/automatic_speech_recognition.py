@@ -4,7 +4,8 @@ Two kinds of model, told apart by the artifact: CTC models (wav2vec2, HuBERT: on
 CTC decoding of its frames) and Whisper (an encoder and a decoder with its key/value cache,
 decoded token by token by `runtime.audio.whisper`). Long audio is cut as transformers' pipeline
 cuts it (`chunk_length_s`, `stride_length_s`): CTC chunks overlap by the strides, and the frames
-of each stride are dropped before the chunks' frames are joined.
+of each stride are dropped before the chunks' frames are joined; Whisper's chunks are decoded one
+by one and their tokens joined where they overlap. Whisper's `return_timestamps` is not served yet.
 """
 
 from __future__ import annotations
