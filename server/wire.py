@@ -26,9 +26,8 @@ from PIL import Image
 
 from runtime import InputKind, Pipeline
 from runtime.audio import MEDIA_TYPES as AUDIO_MEDIA_TYPES
-from runtime.audio import decode_base64_audio
+from runtime.encoded import decode_base64_file
 from runtime.errors import InvalidInput
-from runtime.images import decode_base64_image
 from runtime.tasks.base import parse_parameters, type_name
 from server.errors import BadRequest, ResponseTooLarge, UnsupportedMediaType
 
@@ -140,11 +139,10 @@ def _json_like(body: bytes) -> bool:
 
 def _file_inputs(inputs: Any, kind: InputKind) -> Any:
     """JSON `inputs` of a file task: a base64 string (or a list of them) -> the file's bytes."""
-    decode_base64 = decode_base64_audio if kind is InputKind.AUDIO else decode_base64_image
     if isinstance(inputs, str):
-        return decode_base64(inputs)
+        return decode_base64_file(inputs, str(kind))
     if isinstance(inputs, list) and inputs and all(isinstance(item, str) for item in inputs):
-        return [decode_base64(item) for item in inputs]
+        return [decode_base64_file(item, str(kind)) for item in inputs]
     raise InvalidInput(f"`inputs` must be the {kind} as base64, or a list of them; got {type_name(inputs)}")
 
 

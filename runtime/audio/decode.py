@@ -6,8 +6,6 @@ The duration is refused from the header, before any sample is decoded.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import io
 import re
 
@@ -16,6 +14,7 @@ import numpy.typing as npt
 import soundfile
 import soxr
 
+from runtime.encoded import decode_base64_file
 from runtime.errors import InvalidInput, Unprocessable
 
 FORMATS = ("WAV", "FLAC", "OGG", "MP3")
@@ -144,25 +143,6 @@ def resample(waveform: npt.NDArray[np.float32], rate: int, sampling_rate: int) -
     return np.asarray(soxr.resample(waveform, rate, sampling_rate, quality=RESAMPLE_QUALITY), dtype=np.float32)
 
 
-_URL_SAFE = str.maketrans("-_", "+/")
-
-
 def decode_base64_audio(text: str) -> bytes:
-    """The bytes of a base64 audio file: plain base64 (standard or URL-safe alphabet, whitespace and
-    missing padding tolerated) or a `data:audio/...;base64,` URL. Anything else: `InvalidInput`."""
-    payload = text.strip()
-    if payload[:5].lower() == "data:":
-        header, comma, payload = payload.partition(",")
-        media, *parameters = header[5:].split(";")
-        if not comma or "base64" not in (p.strip().lower() for p in parameters):
-            raise InvalidInput("a data URL must read `data:audio/<type>;base64,<data>`")
-        if media and not media.strip().lower().startswith("audio/"):
-            raise InvalidInput(f"the data URL holds {media!r}, not audio")
-    compact = "".join(payload.split()).translate(_URL_SAFE)
-    try:
-        data = base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidInput(f"the audio is not valid base64: {exc}") from exc
-    if not data:
-        raise InvalidInput("the audio is empty: the base64 text holds no bytes")
-    return data
+    """The bytes of a base64 audio file, or a `data:audio/...;base64,` URL (`decode_base64_file`)."""
+    return decode_base64_file(text, "audio")

@@ -3,14 +3,13 @@ refused from the header before any pixel is decoded."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import io
 import re
 import struct
 
 from PIL import Image, ImageOps
 
+from runtime.encoded import decode_base64_file
 from runtime.errors import InvalidInput, Unprocessable
 
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
@@ -50,25 +49,6 @@ def load_image(data: bytes, *, max_pixels: int) -> Image.Image:
         raise InvalidInput(f"the image could not be decoded ({', '.join(FORMATS)} are accepted): {reason}") from exc
 
 
-_URL_SAFE = str.maketrans("-_", "+/")
-
-
 def decode_base64_image(text: str) -> bytes:
-    """The bytes of a base64 image: plain base64 (standard or URL-safe alphabet, whitespace and
-    missing padding tolerated) or a `data:image/...;base64,` URL. Anything else: `InvalidInput`."""
-    payload = text.strip()
-    if payload[:5].lower() == "data:":
-        header, comma, payload = payload.partition(",")
-        media, *parameters = header[5:].split(";")
-        if not comma or "base64" not in (p.strip().lower() for p in parameters):
-            raise InvalidInput("a data URL must read `data:image/<type>;base64,<data>`")
-        if media and not media.strip().lower().startswith("image/"):
-            raise InvalidInput(f"the data URL holds {media!r}, not an image")
-    compact = "".join(payload.split()).translate(_URL_SAFE)
-    try:
-        data = base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidInput(f"the image is not valid base64: {exc}") from exc
-    if not data:
-        raise InvalidInput("the image is empty: the base64 text holds no bytes")
-    return data
+    """The bytes of a base64 image file, or a `data:image/...;base64,` URL (`decode_base64_file`)."""
+    return decode_base64_file(text, "image")
