@@ -293,13 +293,15 @@ def _build_generative(
     progress: Progress,
     started: float,
 ) -> tuple[Manifest, list[str]]:
-    """fp32 graphs with the key/value cache, validated by greedy decoding (no int8 or fusions yet)."""
-    if options.precision not in (Precision.AUTO, Precision.FP32) or options.optimize not in (None, Optimization.NONE):
-        raise CompileFailed(f"{task} compiles to fp32 without graph optimization for now; drop --precision/--optimize")
+    """Graphs with the key/value cache, validated by greedy decoding: fp32 (auto), or int8 when
+    asked for (no graph fusions yet; fp16 on CUDA not yet)."""
+    if options.precision is Precision.FP16 or options.optimize not in (None, Optimization.NONE):
+        raise CompileFailed(f"{task} compiles to fp32 or int8 without graph optimization for now")
+    precision = Precision.INT8 if options.precision is Precision.INT8 else Precision.FP32
     artifact = staging / "artifact"
     artifact.mkdir()
     graphs, info, figures, lines, features = generative.build(
-        model_dir, export_dir, spec, artifact, tokenizer_info, progress
+        model_dir, export_dir, spec, artifact, tokenizer_info, progress, int8=precision is Precision.INT8
     )
     for name in (*TOKENIZER_FILES, "generation_config.json", "chat_template.jinja", "preprocessor_config.json"):
         for origin in (export_dir / name, model_dir / name):
@@ -307,7 +309,7 @@ def _build_generative(
                 shutil.copy(origin, artifact / name)
                 break
     manifest = write_artifact(
-        artifact, task=task, source=source, device=options.device, precision=Precision.FP32,
+        artifact, task=task, source=source, device=options.device, precision=precision,
         optimization=Optimization.NONE, info=info, figures=figures, key=key, started=started,
         graphs=graphs, model_file=graphs["decoder"], feature_extractor=features,
     )  # fmt: skip

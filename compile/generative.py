@@ -18,6 +18,7 @@ import numpy as np
 
 from compile import validate
 from compile.errors import ValidationFailed
+from compile.quantize import quantize_decoding_graph
 from compile.tasks import ExportSpec
 from runtime.artifact import TokenizerInfo
 from runtime.generation import Generator, Sampling
@@ -29,6 +30,7 @@ SPEECH_SOUNDS = 3
 PROMPTS = ["Hello, my name is", "The weather today is", "Compiling models to ONNX makes inference"]
 NEW_TOKENS = 12
 LOGITS_MAX_ABS = 1e-3  # relative to the largest logit, when that is above 1
+INT8_MIN_COSINE = 0.99
 
 
 def greedy_reference(model: Any, tokenizer: Any, prompt: str, eos: list[int]) -> tuple[list[int], np.ndarray]:
@@ -52,10 +54,17 @@ def greedy_reference(model: Any, tokenizer: Any, prompt: str, eos: list[int]) ->
 
 
 def build(
-    model_dir: Path, export_dir: Path, spec: ExportSpec, artifact: Path, info_of: Any, progress: Any
+    model_dir: Path,
+    export_dir: Path,
+    spec: ExportSpec,
+    artifact: Path,
+    info_of: Any,
+    progress: Any,
+    *,
+    int8: bool = False,
 ) -> tuple[dict[str, str], TokenizerInfo, validate.Figures, list[str], dict[str, Any] | None]:
-    """Validate the export in `export_dir` and move its graphs into `artifact`; the last value
-    describes a speech model's feature extractor (None for text)."""
+    """Validate the export in `export_dir` (quantized first, for `int8`) and move its graphs into
+    `artifact`; the last value describes a speech model's feature extractor (None for text)."""
     import json
 
     import transformers
@@ -67,6 +76,15 @@ def build(
         if seq2seq
         else {"decoder": "model.onnx"}
     )
+    if int8:
+        with progress.step("quantizing the graphs to int8 (dynamic, per channel)"):
+            for name in graphs.values():
+                quantized = export_dir / f"int8-{name}"
+                quantize_decoding_graph(export_dir / name, quantized)
+                for file in export_dir.glob(name + "*"):
+                    file.unlink()
+                for file in export_dir.glob(quantized.name + "*"):
+                    file.rename(export_dir / file.name.replace(quantized.name, name))
     with progress.step("decoding with PyTorch and with the compiled graphs"):
         tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)  # type: ignore[no-untyped-call]
         torch_model = getattr(transformers, spec.auto_class).from_pretrained(model_dir).eval()
@@ -88,10 +106,14 @@ def build(
             same += int(got == want)
             if got != want:
                 lines.append(f"greedy decoding of {name} differs: PyTorch {want}, compiled {got}")
-    passed = same == len(cases) and max_abs <= LOGITS_MAX_ABS
-    gate = f"same greedy tokens as PyTorch generate, first-step logits max abs diff <= {LOGITS_MAX_ABS:g} (scaled)"
+    if int8:
+        passed = same == len(cases) and min_cos >= INT8_MIN_COSINE
+        gate = f"same greedy tokens as PyTorch generate, first-step logits cosine >= {INT8_MIN_COSINE:g}"
+    else:
+        passed = same == len(cases) and max_abs <= LOGITS_MAX_ABS
+        gate = f"same greedy tokens as PyTorch generate, first-step logits max abs diff <= {LOGITS_MAX_ABS:g} (scaled)"
     figures = validate.Figures(gate, passed, len(cases), max_abs, min_cos, same / len(cases))
-    lines.insert(0, validate.report("fp32-none", figures))
+    lines.insert(0, validate.report("int8-none" if int8 else "fp32-none", figures))
     if not passed:
         raise ValidationFailed("the compiled model does not decode like PyTorch:\n  " + "\n  ".join(lines))
     for name in graphs.values():

@@ -113,3 +113,16 @@ def quantize_int8(source: Path, target: Path, calibration: Sequence[dict[str, np
         op_types_to_quantize=["MatMul"], nodes_to_exclude=ffn_out, extra_options={"MatMulConstBOnly": True},
     )  # fmt: skip
     smoothed.unlink()
+
+
+def quantize_decoding_graph(source: Path, target: Path) -> None:
+    """Dynamic per-channel int8 on every MatMul with a constant weight, inside the merged decoder's
+    branches too (`EnableSubgraph`). No SmoothQuant here: its calibration would need activations
+    from the decoding loop; the decoding gate (the same tokens as PyTorch) decides instead."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        source, target, per_channel=True, reduce_range=False, weight_type=QuantType.QInt8,
+        op_types_to_quantize=["MatMul"], extra_options={"MatMulConstBOnly": True, "EnableSubgraph": True},
+        use_external_data_format=source.stat().st_size > 1_800_000_000,
+    )  # fmt: skip

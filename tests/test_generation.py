@@ -98,13 +98,36 @@ def test_streaming_gives_the_same_text_and_limits_hold(artifacts: dict) -> None:
         pipe("Hello", temprature=0.5)
 
 
-def test_compile_refuses_int8_for_generation(tiny_models: dict, tmp_path: Path) -> None:
+def test_int8_generation_is_kept_only_where_greedy_decoding_holds(
+    tiny_models: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--precision int8`: every MatMul with a constant weight quantized, inside the merged
+    decoder's branches too, and kept only when it decodes PyTorch's greedy tokens: tiny GPT-2
+    holds that gate (and answers as the transformers pipeline), tiny Llama does not."""
+    import onnx
+
     from kiln.cli import main
 
-    code = main(
-        ["compile", str(tiny_models["text-generation", "gpt2"]), "--out", str(tmp_path / "x"), "--precision", "int8"]
-    )
-    assert code == 1 and not (tmp_path / "x").exists()
+    gpt2, llama = tiny_models["text-generation", "gpt2"], tiny_models["text-generation", "llama"]
+    assert main(["compile", str(gpt2), "--out", str(tmp_path / "gpt2"), "--precision", "int8", "--quiet"]) == 0
+    compiled = runtime.load(tmp_path / "gpt2")
+    assert compiled.manifest.precision == "int8"
+    graph = onnx.load(str(tmp_path / "gpt2" / compiled.manifest.model_file)).graph
+    ops = [
+        n.op_type
+        for branch in [graph, *(a.g for n in graph.node for a in n.attribute if a.g.node)]
+        for n in branch.node
+    ]
+    assert ops.count("MatMulInteger") >= 4 * 2  # two branches of the merged decoder, each with its layers' projections
+    reference = transformers_pipeline("text-generation", gpt2)
+    for prompt in PROMPTS:
+        assert compiled(prompt, max_new_tokens=10) == reference(prompt, max_new_tokens=10, do_sample=False)
+
+    assert (
+        main(["compile", str(llama), "--out", str(tmp_path / "llama"), "--precision", "int8", "--quiet"]) == 3
+    )  # validation failed
+    assert not (tmp_path / "llama").exists()
+    assert "int8-none: FAILED gate (same greedy tokens as PyTorch generate" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
