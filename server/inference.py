@@ -21,6 +21,11 @@ from server.service import Service
 )  # fmt: skip
 async def predict(request: Request[Any, Any, Any], service: Service) -> Response[Any]:
     """Inference for the served task: `{"inputs": ..., "parameters": {...}}` in, the task's shape out."""
+    handler = service.ready_handler()
+    if handler is not None:
+        content_type, query = request.headers.get("content-type"), request.scope["query_string"]
+        data = wire.decode_custom(content_type, await request.body(), query, service.settings.max_image_pixels)
+        return answer(service, await service.run(handler.task, 1, lambda: handler(data)))
     pipeline = service.ready()
     if isinstance(pipeline, GenerativePipeline):
         generated = await predict_generation(request, service, pipeline)
@@ -35,8 +40,8 @@ async def predict(request: Request[Any, Any, Any], service: Service) -> Response
     "/health", summary="200 once the model is loaded and warm; 503 before, or when broken", **documented(errors=(503,))
 )
 async def health(service: Service) -> Response[dict[str, Any]]:
-    pipeline = service.ready()
-    return Response({"status": "ok", "task": pipeline.task})
+    served = service.ready_handler() or service.ready()
+    return Response({"status": "ok", "task": served.task})
 
 
 @get(
@@ -44,9 +49,16 @@ async def health(service: Service) -> Response[dict[str, Any]]:
     **documented(errors=(401, 503)),
 )  # fmt: skip
 async def info(service: Service) -> dict[str, Any]:
+    settings = service.settings
+    handler = service.ready_handler()
+    if handler is not None:
+        return {
+            **handler.describe(),
+            "limits": {"max_body_bytes": settings.max_body_bytes, "max_concurrency": service.admission.workers},
+            "ready_after_seconds": service.ready_after,
+        }
     pipeline = service.ready()
     manifest = pipeline.manifest
-    settings = service.settings
     described = pipeline.describe()
     return {
         "model": manifest.source.model,

@@ -19,6 +19,7 @@ import runtime
 from runtime import is_artifact
 from runtime.artifact import content_hash
 from runtime.errors import ArtifactError
+from runtime.handler import has_handler
 from server.settings import Settings, default_model
 
 log = logging.getLogger("kiln.server")
@@ -48,15 +49,16 @@ def cache_path(settings: Settings, model: str, task: str | None) -> Path:
 
 
 def prepare(settings: Settings, say: Callable[[str], None] = log.info) -> Path:
-    """The artifact directory to load, compiling the model first when it is not one.
+    """The artifact directory to load, compiling the model first when it is not one (nor a
+    directory with a custom handler).
 
     The compile runs in a child process (`kiln compile`), so torch, transformers and optimum never
     load into the server: its memory after a first start is that of a later start. Its progress
     lines go to `say` (the server's log) as they come.
     """
     model, task = model_and_task(settings)
-    if is_artifact(model):
-        return Path(model)
+    if is_artifact(model) or has_handler(model):
+        return Path(model)  # a handler directory is served in place, as the container serves it
     out = cache_path(settings, model, task)
     if is_artifact(out):
         return out  # `kiln compile` would find it up to date (same content, same options)

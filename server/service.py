@@ -15,10 +15,11 @@ from typing import Any, TypeVar
 import runtime
 from runtime import Pipeline
 from runtime.batching import Batcher, BatchStats
+from runtime.handler import CustomHandler, has_handler, load_handler, missing_requirements
 from server import model as model_source
 from server import wire
 from server.admission import Admission
-from server.errors import BatchTooLarge, NotReady
+from server.errors import BatchTooLarge, NotReady, NotServed
 from server.metrics import Metrics
 from server.settings import Settings
 
@@ -34,6 +35,7 @@ class Service:
         self.metrics = Metrics()
         self.admission = Admission(settings.max_concurrency, settings.max_queue, self.metrics)
         self.pipeline: Pipeline | None = None
+        self.handler: CustomHandler | None = None  # served instead of a pipeline: a directory's handler.py
         self.artifact: Path | None = None
         self.failure: str | None = None
         self.closing = False
@@ -47,6 +49,10 @@ class Service:
         """Blocking: compile if needed, load, warm up. Runs on a worker thread at start-up."""
         try:
             self.artifact = model_source.prepare(self.settings, self._compiling)
+            if has_handler(self.artifact):
+                self.handler = self._load_handler(self.artifact)
+                self.ready_after = time.monotonic() - self.started
+                return
             pipeline = runtime.load(
                 self.artifact,
                 device=self.settings.device,
@@ -66,6 +72,23 @@ class Service:
         self.pipeline = pipeline
         self.ready_after = time.monotonic() - self.started
         log.info("ready: %s from %s in %.2f s", pipeline.task, self.artifact, self.ready_after)
+
+    def _load_handler(self, directory: Path) -> CustomHandler:
+        """The directory's own code, imported into this process: only where the operator allows it."""
+        if not self.settings.allow_handlers:
+            raise runtime.ArtifactError(
+                f"{directory} has a custom handler (handler.py) and KILN_ALLOW_HANDLERS=0 forbids running it"
+            )
+        missing = missing_requirements(directory)
+        if missing:
+            log.warning("handler requirements not installed (kiln does not install them): %s", ", ".join(missing))
+        log.warning("loading custom code: %s runs in this server process", directory / "handler.py")
+        handler = load_handler(directory)
+        log.info(
+            "ready: custom handler %s from %s (%s)", type(handler.handler).__qualname__, directory,
+            "called concurrently" if handler.thread_safe else "one request at a time",
+        )  # fmt: skip
+        return handler
 
     def _batch(self, pipeline: Pipeline) -> Batcher | None:
         """Put a batcher in front of the pipeline's model call, and let as many requests in at once
@@ -109,13 +132,21 @@ class Service:
         log.info(line)
 
     def ready(self) -> Pipeline:
+        """The loaded pipeline; NotReady while loading or closing, NotServed where a handler is served."""
+        if self.ready_handler() is not None:
+            raise NotServed("this server runs a custom handler (handler.py): send requests to POST /")
+        assert self.pipeline is not None
+        return self.pipeline
+
+    def ready_handler(self) -> CustomHandler | None:
+        """The custom handler when one is served, None when a pipeline is; NotReady before either."""
         if self.closing:
             raise NotReady("the server is shutting down")
         if self.failure is not None:
             raise NotReady(self.failure)
-        if self.pipeline is None:
+        if self.pipeline is None and self.handler is None:
             raise NotReady(f"{self.phase}; retry shortly")
-        return self.pipeline
+        return self.handler
 
     async def run(self, task: str, batch: int, fn: Callable[[], T]) -> T:
         """Run blocking model work through admission, after checking the client's batch size."""
@@ -141,4 +172,5 @@ class Service:
 
     @property
     def task_label(self) -> str:
-        return self.pipeline.task if self.pipeline else (self.settings.task or "unknown")
+        served = self.pipeline or self.handler
+        return served.task if served else (self.settings.task or "unknown")

@@ -70,6 +70,7 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "KILN_MAX_BATCH_TOKENS": ("max_batch_tokens", int),
     "KILN_BATCH_WAIT_MS": ("batch_wait_ms", float),
     "KILN_KEEP_ALIVE": ("keep_alive_s", int),
+    "KILN_ALLOW_HANDLERS": ("allow_handlers", _bool),
 }
 
 
@@ -118,6 +119,7 @@ class Settings:
     max_batch_items: int = 64
     max_batch_tokens: int = 16384  # tokens for text; for images, the budget counts pixels x 64
     batch_wait_ms: float = 2.0
+    allow_handlers: bool = True  # serve a directory's handler.py (custom code), as the container does
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **flags: Any) -> Settings:

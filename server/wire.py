@@ -28,6 +28,7 @@ from runtime import InputKind, Pipeline
 from runtime.audio import MEDIA_TYPES as AUDIO_MEDIA_TYPES
 from runtime.encoded import decode_base64_file
 from runtime.errors import InvalidInput
+from runtime.images import load_image
 from runtime.tasks.base import parse_parameters, type_name
 from server.errors import BadRequest, ResponseTooLarge, UnsupportedMediaType
 
@@ -131,6 +132,33 @@ def decode(
         )
     inputs, parameters = _split(_object(content_type, body, task))
     return _file_inputs(inputs, kind), parameters
+
+
+def decode_custom(content_type: str | None, body: bytes, query: bytes | str, max_pixels: int) -> dict[str, Any]:
+    """A custom handler's `data`, as the Inference Endpoints container builds it: the JSON object
+    whole (it must hold `inputs` or `instances`), an image body as `{"inputs": PIL.Image}` (RGB;
+    here also turned by its EXIF orientation and refused past `max_pixels`),
+    an audio or `application/octet-stream` body as `{"inputs": bytes}`; query parameters become
+    `parameters` when the body has none (digits -> int, true/false -> bool)."""
+    media = media_type(content_type)
+    data: dict[str, Any]
+    if media.startswith("image/"):
+        data = {"inputs": load_image(body, max_pixels=max_pixels)}
+    elif media.startswith("audio/") or media == "application/octet-stream":
+        data = {"inputs": body}
+    else:
+        payload = decode_json(content_type, body, "this handler")
+        if not isinstance(payload, dict) or not ({"inputs", "instances"} & set(payload)):
+            raise BadRequest("the request body must be a JSON object with `inputs` (or `instances`)")
+        data = payload
+    text = query.decode("latin-1") if isinstance(query, bytes) else query
+    if text and "parameters" not in data:
+        data["parameters"] = {name: _container_typed(values[-1]) for name, values in parse_qs(text).items()}
+    return data
+
+
+def _container_typed(value: str) -> Any:
+    return int(value) if value.isnumeric() else {"true": True, "false": False}.get(value, value)
 
 
 def _json_like(body: bytes) -> bool:
