@@ -1,0 +1,1 @@
+"""Text-to-image diffusion in numpy: the schedulers of the denoising loop."""
