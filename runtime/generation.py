@@ -33,6 +33,8 @@ class Sampling:
     time_limit_s: float | None = None
     suppress_tokens: tuple[int, ...] = ()
     begin_suppress_tokens: tuple[int, ...] = ()  # suppressed at the first generated position only
+    # a model's own logits processor, after the suppressed tokens: (scores, the sequence so far) -> scores
+    rules: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
 
 
 @dataclass
@@ -47,7 +49,7 @@ class Step:
 
 def process(logits: np.ndarray, seen: np.ndarray, sampling: Sampling, first: bool = False) -> np.ndarray:
     """Scores after the repetition penalty, the suppressed tokens (`first`: this is the first
-    generated position) and the sampling warpers (transformers' order)."""
+    generated position), the model's own `rules`, and the sampling warpers (transformers' order)."""
     scores = logits.astype(np.float32).copy()
     if sampling.repetition_penalty != 1.0 and seen.size:
         picked = scores[seen]
@@ -56,6 +58,8 @@ def process(logits: np.ndarray, seen: np.ndarray, sampling: Sampling, first: boo
         scores[list(sampling.suppress_tokens)] = -np.inf
     if first and sampling.begin_suppress_tokens:
         scores[list(sampling.begin_suppress_tokens)] = -np.inf
+    if sampling.rules is not None:
+        scores = sampling.rules(scores, seen)
     if not sampling.do_sample:
         return scores
     if sampling.temperature != 1.0:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from runtime.audio.languages import LANGUAGES, TO_CODE
+from runtime.audio.whisper_timestamps import TimestampRules, merge_overlapping
 from runtime.errors import ArtifactError, InvalidParameter
 from runtime.generation import Generator, Sampling, beam_search
 from runtime.text import TextTokenizer
@@ -41,6 +42,8 @@ class WhisperGeneration:
     num_beams: int  # transformers' ASR pipeline: 5 (openai's whisper) unless the config sets another
     language: str | None = None  # the config's own defaults (fine-tuned checkpoints set them)
     task: str | None = None
+    return_timestamps: bool = False
+    max_initial_timestamp_index: int | None = None
 
     @classmethod
     def from_config(cls, generation: dict[str, Any], config: dict[str, Any]) -> WhisperGeneration:
@@ -69,6 +72,8 @@ class WhisperGeneration:
             num_beams=beams if beams != 1 else PIPELINE_BEAMS,
             language=generation.get("language"),
             task=generation.get("task"),
+            return_timestamps=bool(generation.get("return_timestamps")),
+            max_initial_timestamp_index=generation.get("max_initial_timestamp_index"),
         )
 
     @property
@@ -185,19 +190,29 @@ def generate(
     features: np.ndarray,
     decoding: Decoding,
     cancelled: Callable[[], bool] = lambda: False,
+    prompt: list[int] | None = None,
 ) -> tuple[list[int], list[int], str | None]:
-    """Whisper's `generate` on one segment's log-mel features `(1, mels, frames)`: its prompt, the
-    tokens it produced after it (greedy, or beam search) without the end token, as transformers'
-    Whisper `generate` returns them, and why it stopped early ("time_limit", "cancelled") or None.
-    The encoder runs once; language detection reads its context too."""
+    """Whisper's `generate` on one window's log-mel features `(1, mels, 3000)`: its prompt (made
+    here unless given: the later windows of one input keep the first one's), the tokens it produced
+    after it (greedy, or beam search; with the timestamp rules when `decoding.timestamps`) without
+    the end token, as transformers' Whisper `generate` returns them, and why it stopped early
+    ("time_limit", "cancelled") or None. The encoder runs once; language detection reads its context too."""
     context = generator.encode({"input_features": features})
-    prompt = generation.init_tokens(
-        decoding.language, decoding.task, decoding.timestamps, lambda: detect_language(generator, generation, context)
-    )
+    if prompt is None:
+        prompt = generation.init_tokens(
+            decoding.language, decoding.task, decoding.timestamps,
+            lambda: detect_language(generator, generation, context),
+        )  # fmt: skip
+    rules = None
+    if decoding.timestamps:
+        assert generation.no_timestamps is not None  # `WhisperPipeline.decoding` refuses timestamps otherwise
+        rules = TimestampRules(
+            generation.no_timestamps, generation.eos[0], len(prompt), generation.max_initial_timestamp_index
+        )
     sampling = Sampling(
         max_new_tokens=min(decoding.max_new_tokens, generation.max_length - len(prompt)),
         eos_token_ids=generation.eos, time_limit_s=decoding.time_limit_s,
-        suppress_tokens=generation.suppress, begin_suppress_tokens=generation.begin_suppress,
+        suppress_tokens=generation.suppress, begin_suppress_tokens=generation.begin_suppress, rules=rules,
     )  # fmt: skip
     reason: str | None
     if decoding.num_beams > 1:
@@ -210,26 +225,3 @@ def generate(
     if tokens and tokens[-1] in generation.eos:
         tokens = tokens[:-1]
     return prompt, tokens, reason if reason in ("time_limit", "cancelled") else None
-
-
-def merge_overlapping(pieces: list[list[int]]) -> list[int]:
-    """Overlapping chunks' tokens as one sequence: transformers' `_find_longest_common_sequence`.
-    For each next chunk, the alignment of the left's end with the right's start that matches the
-    most tokens (more than one, ties to the longer overlap) is cut in its middle; chunks with no
-    tokens never reach here (`_decode_asr` leaves them out)."""
-    if not pieces:
-        return []
-    left, total = pieces[0], []
-    for right in pieces[1:]:
-        best, cut = 0.0, (len(left), len(left), 0, 0)
-        for i in range(1, len(left) + len(right)):
-            left_start, left_stop = max(0, len(left) - i), min(len(left), len(left) + len(right) - i)
-            right_start, right_stop = max(0, i - len(left)), min(len(right), i)
-            matches = int(np.sum(np.array(left[left_start:left_stop]) == np.array(right[right_start:right_stop])))
-            score = matches / i + i / 10000.0
-            if matches > 1 and score > best:
-                best, cut = score, (left_start, left_stop, right_start, right_stop)
-        left_start, left_stop, right_start, right_stop = cut
-        total.extend(left[: (left_start + left_stop) // 2])
-        left = right[(right_start + right_stop) // 2 :]
-    return total + left

@@ -5,7 +5,8 @@ CTC decoding of its frames) and Whisper (an encoder and a decoder with its key/v
 decoded token by token by `runtime.audio.whisper`). Long audio is cut as transformers' pipeline
 cuts it (`chunk_length_s`, `stride_length_s`): CTC chunks overlap by the strides, and the frames
 of each stride are dropped before the chunks' frames are joined; Whisper's chunks are decoded one
-by one and their tokens joined where they overlap. Whisper's `return_timestamps` is not served yet.
+by one and their tokens joined where they overlap. Whisper's `return_timestamps=True` answers
+segment timestamps as the pipeline does (`runtime.audio.whisper_timestamps`); "word" is not served.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import msgspec
@@ -22,6 +24,7 @@ import numpy as np
 from runtime.artifact import Manifest
 from runtime.audio.ctc import CtcVocabulary, Offset
 from runtime.audio.whisper import Decoding, WhisperGeneration, generate
+from runtime.audio.whisper_timestamps import decode_asr, seek_segments, segment_tokens
 from runtime.errors import ArtifactError, InvalidParameter, Unprocessable
 from runtime.generation import Generator
 from runtime.session import OnnxModel
@@ -209,8 +212,13 @@ class WhisperPipeline(AutomaticSpeechRecognitionPipeline):
         for nested in (params.generation_parameters, params.generate_kwargs):
             merged.update(nested or {})
         options = parse_parameters(WhisperOptions, merged)
-        if params.return_timestamps:
-            raise Unprocessable("`return_timestamps` is not supported for Whisper models by this server yet")
+        if params.return_timestamps == "char":
+            raise InvalidParameter('`return_timestamps` is True or "word" for Whisper; "char" is for CTC models')
+        if params.return_timestamps == "word":
+            raise Unprocessable('`return_timestamps="word"` is not served for Whisper here; True gives segment times')
+        timestamps = bool(params.return_timestamps) or self.generation.return_timestamps
+        if timestamps and self.generation.no_timestamps is None:
+            raise Unprocessable("this Whisper model's generation config has no timestamp tokens")
         if options.do_sample:
             raise Unprocessable("`do_sample` is not supported for Whisper here: decoding is greedy or beam search")
         limits, generation = self.limits, self.generation
@@ -240,34 +248,63 @@ class WhisperPipeline(AutomaticSpeechRecognitionPipeline):
             )
         return Decoding(
             language=options.language or generation.language, task=options.task or generation.task,
-            num_beams=beams, max_new_tokens=new_tokens,
+            num_beams=beams, max_new_tokens=new_tokens, timestamps=timestamps,
         )  # fmt: skip
 
     def predict(self, inputs: Any, params: SpeechRecognitionParameters) -> Any:
         """Every input's chunks planned before the first model call; then each chunk decoded with
-        what is left of the request's time limit (a transcript cut short is refused, not sent)."""
+        what is left of the request's time limit (a transcript cut short is refused, not sent).
+        With timestamps, a chunk's 30 s window may be decoded again from its last complete segment
+        (`seek_segments`), and the chunks' segments become the answer's `chunks`."""
         decoding = self.decoding(params)
         waveforms, single = self.waveforms(inputs)
         plans = self.plan(waveforms, params)
         deadline = None if self.limits.time_limit_s is None else time.monotonic() + self.limits.time_limit_s
+        begin = self.generation.timestamp_begin
+        rate = self.sampling_rate
         results = []
         for waveform, ranges in zip(waveforms, plans):
-            pieces = []
-            for start, end, _, _ in ranges:
-                left = None if deadline is None else deadline - time.monotonic()
-                stopped = None if left is None or left > 0 else "time_limit"
-                if stopped is None:
-                    features = self.features([waveform[start:end]])["input_features"]
-                    step = dataclasses.replace(decoding, time_limit_s=left)
-                    _, tokens, stopped = generate(self.generator, self.generation, features, step)
-                if stopped == "time_limit":
-                    raise Unprocessable(
-                        f"the transcription took longer than the {self.limits.time_limit_s:g} s a request may take "
-                        "(KILN_GENERATION_TIMEOUT): send less audio, or fewer beams"
-                    )
-                pieces.append(tokens)
-            results.append({"text": self.generation.transcript(pieces, self.special, self.tokenizer)})
+            pieces: list[list[int]] = []
+            strides: list[tuple[float, float, float] | None] = []
+            for start, end, left, right in ranges:
+                features = self.features([waveform[start:end]])["input_features"]
+                decode = self._window_decoder(decoding, deadline)
+                if decoding.timestamps:
+                    assert begin is not None
+                    pieces.append(segment_tokens(seek_segments(features, decode, begin)))
+                else:
+                    pieces.append(decode(features))
+                chunked = params.chunk_length_s is not None and params.chunk_length_s > 0
+                strides.append(((end - start) / rate, left / rate, right / rate) if chunked else None)
+            if decoding.timestamps:
+                assert begin is not None
+                precision = self.segment_samples / rate / int(self.config.get("max_source_positions") or 1500)
+                results.append(decode_asr(list(zip(pieces, strides)), self.tokenizer, self.special, begin, precision))
+            else:
+                results.append({"text": self.generation.transcript(pieces, self.special, self.tokenizer)})
         return results[0] if single else results
+
+    def _window_decoder(self, decoding: Decoding, deadline: float | None) -> Callable[[np.ndarray], list[int]]:
+        """Decodes one chunk's 30 s windows: the first makes the prompt (detecting the language if
+        it must), the later ones keep it, as one `generate` call of transformers does."""
+        prompt: list[int] | None = None
+
+        def decode(window: np.ndarray) -> list[int]:
+            nonlocal prompt
+            left = None if deadline is None else deadline - time.monotonic()
+            stopped = None if left is None or left > 0 else "time_limit"
+            tokens: list[int] = []
+            if stopped is None:
+                step = dataclasses.replace(decoding, time_limit_s=left)
+                prompt, tokens, stopped = generate(self.generator, self.generation, window, step, prompt=prompt)
+            if stopped == "time_limit":
+                raise Unprocessable(
+                    f"the transcription took longer than the {self.limits.time_limit_s:g} s a request may take "
+                    "(KILN_GENERATION_TIMEOUT): send less audio, or fewer beams"
+                )
+            return tokens
+
+        return decode
 
     def core(self, items: Any) -> list[dict[str, np.ndarray]]:
         raise NotImplementedError("Whisper decodes in `predict`, token by token: it has no one-call core")
