@@ -389,3 +389,27 @@ def _maskformer(kind: str, config: Mapping[str, Any]) -> ImageProcessor:
         mean_std=_normalization(config, IMAGENET_DEFAULT),
         pad=Pad(True, None if pad_size is None else _hw(pad_size, "pad_size")),
     )
+
+
+@_builds("ViltImageProcessor")
+def _vilt(kind: str, config: Mapping[str, Any]) -> ImageProcessor:
+    """Read as `ViltImageProcessor.__init__` and `from_dict` read the config: `size` an int or
+    `{"shortest_edge"}` (default 384), the long side capped at 1333/800 of it, `size_divisor`
+    (default 32), bicubic by default, a batch padded with a `pixel_mask`, and the older
+    `pad_and_return_pixel_mask` in place of `do_pad`."""
+    size = config.get("size")
+    edge = _size({"shortest_edge": 384} if size is None else size, square=False).get("shortest_edge")
+    if edge is None:
+        raise ArtifactError(f"ViltImageProcessor: size {size!r} must have `shortest_edge`")
+    divisor = config.get("size_divisor", 32)
+    if not isinstance(divisor, int) or isinstance(divisor, bool) or divisor < 1:
+        raise ArtifactError(f"ViltImageProcessor: size_divisor must be a positive integer, not {divisor!r}")
+    resize = Resize("vilt", (edge, int(1333 / 800 * edge)), _resample(config, 3), divisor=divisor)
+    do_pad = _flag(config, "pad_and_return_pixel_mask", _flag(config, "do_pad", True))
+    return ImageProcessor(
+        kind,
+        resize=resize if _flag(config, "do_resize", True) else None,
+        rescale=_rescale(config),
+        mean_std=_normalization(config, IMAGENET_STANDARD),
+        pad=Pad(pixel_mask=True) if do_pad else None,
+    )

@@ -30,8 +30,10 @@ class Resize:
       with `max_size`, the long side is then capped (MaskFormer);
     - `detr`: DETR's rule, the short side to `size[0]` unless the long side would pass `size[1]`;
       `yolos` is the same, then both sides rounded down to a multiple of 16;
-    - `max_height_width`: the largest size within `size` that keeps the aspect ratio.
-    `divisor` rounds both sides up to a multiple of it afterwards (MaskFormer's `size_divisor`).
+    - `max_height_width`: the largest size within `size` that keeps the aspect ratio;
+    - `vilt`: ViLT's rule, the short side to `size[0]`, the long side capped at `size[1]`, both
+      rounded half up and then down to a multiple of `divisor`.
+    Otherwise `divisor` rounds both sides up to a multiple of it afterwards (MaskFormer's `size_divisor`).
     """
 
     rule: str
@@ -41,6 +43,8 @@ class Resize:
     divisor: int = 0
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
+        if self.rule == "vilt":
+            return vilt_size(height, width, *self.size, divisor=self.divisor)
         if self.rule == "fixed":
             out = self.size
         elif self.rule == "shortest_edge":
@@ -71,6 +75,22 @@ def shortest_edge_size(height: int, width: int, size: int, max_size: int | None)
     if max_size is not None and new_long > max_size:
         new_short, new_long = int(max_size * new_short / new_long), max_size
     return (new_long, new_short) if width <= height else (new_short, new_long)
+
+
+def vilt_size(height: int, width: int, shorter: int, longer: int, divisor: int) -> tuple[int, int]:
+    """`image_processing_vilt.get_resize_output_image_size`, in its order of operations."""
+    scale = shorter / min(height, width)
+    new_height: float
+    new_width: float
+    if height < width:
+        new_height, new_width = shorter, scale * width
+    else:
+        new_height, new_width = scale * height, shorter
+    if max(new_height, new_width) > longer:
+        scale = longer / max(new_height, new_width)
+        new_height, new_width = scale * new_height, scale * new_width
+    rounded_height, rounded_width = int(new_height + 0.5), int(new_width + 0.5)
+    return rounded_height // divisor * divisor, rounded_width // divisor * divisor
 
 
 def detr_size(height: int, width: int, size: int, max_size: int, *, mod: int | None) -> tuple[int, int]:
