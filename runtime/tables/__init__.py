@@ -1,0 +1,1 @@
+"""Tables for table-question-answering: TAPAS's table encoding and answer decoding, without transformers."""
