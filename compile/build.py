@@ -237,6 +237,12 @@ def _build(
     if converted is not None:
         with progress.step(f"converting {converted.name} to a transformers model (dequantized to fp32)"):
             model_dir = gguf.convert(model_dir, converted, staging / "source")
+    if spec.diffusion:
+        from compile import diffusion
+
+        return diffusion.build(
+            model_dir, staging / "artifact", source=source, options=options, key=key, started=started, log=progress.say
+        )
     export_dir = staging / "export"
     with progress.step(f"exporting {display_name(source)} to ONNX for {task}"):
         try:

@@ -38,6 +38,7 @@ class ExportSpec:
     pooled: bool = False
     generative: bool = False
     unlabelled: tuple[str, ...] = ()  # outputs whose argmax is no decision (detection boxes)
+    diffusion: bool = False  # a diffusers pipeline of several graphs (compile.diffusion)
 
 
 _EXPORTS: dict[str, ExportSpec] = {}
@@ -97,6 +98,7 @@ for _spec in (
     ),
     _SEMANTIC,
     ExportSpec("audio-classification", "audio-classification", "AutoModelForAudioClassification", ("logits",), True),
+    ExportSpec("text-to-image", "text-to-image", "StableDiffusionPipeline", ("out_sample",), False, diffusion=True),
     # CTC models (wav2vec2, HuBERT): per-frame character logits; Whisper has its own spec below
     ExportSpec(
         "automatic-speech-recognition",
@@ -170,6 +172,17 @@ def model_type(model_dir: Path) -> str | None:
     return value if isinstance(value, str) else None
 
 
+DIFFUSION_PIPELINES = ("StableDiffusionPipeline",)
+"""The diffusers pipeline classes (`model_index.json`'s `_class_name`) that kiln compiles."""
+
+
+def diffusion_pipeline(model_dir: Path) -> str | None:
+    """The class of a diffusers pipeline directory, if `model_dir` is one."""
+    index = model_dir / "model_index.json"
+    name = json.loads(index.read_text()).get("_class_name") if index.is_file() else None
+    return name if isinstance(name, str) else None
+
+
 def compilable() -> list[str]:
     return sorted(_EXPORTS)
 
@@ -208,6 +221,8 @@ def infer_task(model_dir: Path) -> str:
         tag = re.search(r"^pipeline_tag:\s*['\"]?([\w-]+)", front.group(1), re.M) if front else None
         if tag and canonical(tag.group(1)) in _EXPORTS:
             return canonical(tag.group(1))
+    if diffusion_pipeline(model_dir) in DIFFUSION_PIPELINES:
+        return "text-to-image"
     config_path = model_dir / "config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     if sentence_transformer:

@@ -68,6 +68,7 @@ environment (as the Hugging Face inference container reads it; a flag wins):
   KILN_MAX_SEQUENCES (model rows per request: windows, text x label pairs; 256),
   KILN_MAX_IMAGE_PIXELS (40000000) and KILN_MAX_AUDIO_SECONDS (600 per request): read from headers,
   KILN_MAX_CALL_AUDIO_SECONDS (audio in one CTC/classifier model call, 60),
+  KILN_MAX_INFERENCE_STEPS (100) and KILN_MAX_GENERATED_PIXELS (1048576): text-to-image's cost,
   KILN_MAX_RESPONSE_BYTES (32 MiB), KILN_API_TOKEN, KILN_CACHE, KILN_LOG_LEVEL
   KILN_HEADER_TIMEOUT (10 s), KILN_BODY_TIMEOUT (30 s), KILN_MAX_HEADER_BYTES (64 KiB),
   KILN_MAX_HEADERS (100), KILN_MAX_CONNECTIONS (1024): slow or oversized requests, open sockets

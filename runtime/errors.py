@@ -39,3 +39,9 @@ class ArtifactError(KilnError):
     """An artifact directory that is missing, incomplete, or from an incompatible version."""
 
     error_type = "artifact_error"
+
+
+class Stopped(KilnError):
+    """The caller asked a long generation to stop between two steps (its client went away)."""
+
+    error_type = "stopped"

@@ -6,7 +6,7 @@ No web framework here: the service, the admission path and the connection layer 
 
 from __future__ import annotations
 
-from runtime.errors import ArtifactError, InvalidInput, InvalidParameter, KilnError, Unprocessable
+from runtime.errors import ArtifactError, InvalidInput, InvalidParameter, KilnError, Stopped, Unprocessable
 
 
 class BadRequest(KilnError):
@@ -52,6 +52,7 @@ STATUS: dict[type[KilnError], int] = {
     Unprocessable: 422,
     Overloaded: 429,
     NotReady: 503,
+    Stopped: 503,  # a long generation stopped for a client that went away: nobody reads this answer
     ArtifactError: 503,
 }
 

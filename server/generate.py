@@ -25,7 +25,7 @@ from litestar.response import Stream
 from runtime.tasks.text_generation import Finished, GenerativePipeline, Prepared, Token
 from server import wire
 from server.errors import BadRequest, NotServed
-from server.routing import answer, api_route, served_name
+from server.routing import answer, api_route, run_until_disconnect, served_name
 from server.service import Service
 
 SSE = "text/event-stream"
@@ -74,25 +74,8 @@ async def events(service: Service, pipeline: GenerativePipeline, prepared: Prepa
 async def finish(
     request: Request[Any, Any, Any], service: Service, pipeline: GenerativePipeline, prepared: Prepared
 ) -> tuple[list[Token], Finished]:
-    """Generate a whole answer on a worker; a client that goes away stops it at the next step.
-
-    The body is read by now, so the next ASGI message is the disconnect (or the end of the
-    response): waiting for it beside the generation is how a non-streamed request notices.
-    """
-    cancelled = threading.Event()
-
-    async def watch() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-        cancelled.set()
-
-    async with anyio.create_task_group() as group:
-        group.start_soon(watch)
-        try:
-            result = await service.run(pipeline.task, 1, lambda: pipeline.finish(prepared, cancelled.is_set))
-        finally:
-            group.cancel_scope.cancel()
-    return result
+    """Generate a whole answer on a worker; a client that goes away stops it at the next step."""
+    return await run_until_disconnect(request, service, pipeline.task, lambda gone: pipeline.finish(prepared, gone))
 
 
 def sse(payload: Any) -> bytes:

@@ -7,12 +7,14 @@ from typing import Any
 from litestar import Request, Response, get, post
 
 from runtime.tasks.text_generation import GenerativePipeline
+from runtime.tasks.text_to_image import TextToImagePipeline
 from runtime.versions import installed
 from server import wire
 from server.docs import InferenceRequest, documented
 from server.generate import predict_generation
 from server.routing import answer, observe, require_token
 from server.service import Service
+from server.text_to_image import predict_text_to_image
 
 
 @post(
@@ -27,6 +29,8 @@ async def predict(request: Request[Any, Any, Any], service: Service) -> Response
         data = wire.decode_custom(content_type, await request.body(), query, service.settings.max_image_pixels)
         return answer(service, await service.run(handler.task, 1, lambda: handler(data)))
     pipeline = service.ready()
+    if isinstance(pipeline, TextToImagePipeline):
+        return await predict_text_to_image(request, service, pipeline)
     if isinstance(pipeline, GenerativePipeline):
         generated = await predict_generation(request, service, pipeline)
         return generated if isinstance(generated, Response) else answer(service, generated)

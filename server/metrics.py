@@ -57,6 +57,10 @@ class Metrics:
         self.items = Counter("kiln_items", "Inputs run through the model.", registry=self.registry)
         self.queue_depth = Gauge("kiln_queue_depth", "Requests waiting for a worker.", registry=self.registry)
         self.in_flight = Gauge("kiln_in_flight", "Requests running in the model now.", registry=self.registry)
+        self.denoising_steps = Counter(
+            "kiln_denoising_steps", "Denoising steps run by text-to-image (rate(): steps per second).",
+            registry=self.registry,
+        )  # fmt: skip
         self.rejected = Counter(
             "kiln_rejected", "Requests refused with 429: the queue was full.", registry=self.registry
         )

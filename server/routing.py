@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import hmac
 import re
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import anyio
 import msgspec
-from litestar import Response, post
+from litestar import Request, Response, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.enums import ScopeType
@@ -24,10 +27,36 @@ from server.docs import ROUTE_ERRORS, documented
 from server.errors import Unauthorized
 from server.service import Service
 
+T = TypeVar("T")
+
 
 def answer(service: Service, result: Any) -> Response[bytes]:
     """A 200 JSON answer, refused (422) past the configured response size."""
     return Response(wire.encode_json(result, service.settings.max_response_bytes), media_type="application/json")
+
+
+async def run_until_disconnect(
+    request: Request[Any, Any, Any], service: Service, task: str, work: Callable[[Callable[[], bool]], T]
+) -> T:
+    """Run long model work (a whole generation) under admission, with `work` given a flag that
+    turns true once the client has gone away, so that it stops at its next step and frees its worker.
+
+    The body is read by now, so the next ASGI message is the disconnect (or the end of the
+    response): waiting for it beside the work is how a request that streams nothing notices."""
+    gone = threading.Event()
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        gone.set()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(watch)
+        try:
+            result = await service.run(task, 1, lambda: work(gone.is_set))
+        finally:
+            group.cancel_scope.cancel()
+    return result
 
 
 def served_name(pipeline: Pipeline) -> str:

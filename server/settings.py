@@ -71,6 +71,8 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "KILN_BATCH_WAIT_MS": ("batch_wait_ms", float),
     "KILN_KEEP_ALIVE": ("keep_alive_s", int),
     "KILN_ALLOW_HANDLERS": ("allow_handlers", _bool),
+    "KILN_MAX_INFERENCE_STEPS": ("max_inference_steps", int),
+    "KILN_MAX_GENERATED_PIXELS": ("max_generated_pixels", int),
 }
 
 
@@ -95,6 +97,8 @@ class Settings:
     max_kv_cache_mb: int = 2048
     max_sequences: int = 256
     max_image_pixels: int = 40_000_000
+    max_inference_steps: int = 100  # text-to-image: denoising steps, and the pixels of the image made
+    max_generated_pixels: int = 1024 * 1024
     max_audio_seconds: float = 600.0
     max_call_audio_seconds: float = 60.0
     max_response_bytes: int = 32 * 1024 * 1024
@@ -150,6 +154,8 @@ class Settings:
             time_limit_s=self.generation_timeout_s,
             max_beams=self.max_beams,
             max_kv_cache_bytes=self.max_kv_cache_mb << 20,
+            max_inference_steps=self.max_inference_steps,
+            max_generated_pixels=self.max_generated_pixels,
         )
 
     def with_(self, **changes: Any) -> Settings:

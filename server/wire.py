@@ -230,6 +230,43 @@ def encode_json(result: Any, limit: int) -> bytes:
     return data
 
 
+IMAGE_ANSWERS = ("image/png", "image/jpeg", "application/json")
+
+
+def image_answer_type(accept: str | None) -> str:
+    """What an image answer is sent as: the first of PNG, JPEG and JSON (a base64 PNG string) that
+    `Accept` ranks highest (q-values honoured, ties in the header's order); PNG when it names none
+    of them (no header, `*/*`, `image/*`)."""
+    best, best_q = "image/png", 0.0
+    for part in (accept or "").split(","):
+        media, *params = (piece.strip() for piece in part.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        media = "image/jpeg" if media.lower() == "image/jpg" else media.lower()
+        if media in IMAGE_ANSWERS and q > best_q:
+            best, best_q = media, q
+    return best
+
+
+def encode_image(image: Image.Image, media: str, limit: int) -> bytes:
+    """An image as `media` (one of `IMAGE_ANSWERS`), refused past `limit` bytes as JSON answers are."""
+    out = io.BytesIO()
+    image.save(out, format="JPEG" if media == "image/jpeg" else "PNG")
+    if media == "application/json":
+        return encode_json(base64.b64encode(out.getvalue()).decode(), limit)
+    if out.tell() > limit:
+        raise ResponseTooLarge(
+            f"the image would be {out.tell() / 1e6:.1f} MB; this server sends at most {limit / 1e6:.1f} MB"
+        )
+    return out.getvalue()
+
+
 _HF_HUB = re.compile(r"\bhf_hub/(\d+)\.(\d+)")
 
 

@@ -87,7 +87,8 @@ class Limits:
       longer input needs `chunk_length_s`; batches are cut to it);
     - `max_response_values`: numbers in one answer (per-token feature-extraction, `/tokenize`);
     - generation: `max_new_tokens` (and the default when a request names none), seconds of
-      generation, beams, stop sequences, and the bytes of key/value cache that beams x length need.
+      generation, beams, stop sequences, and the bytes of key/value cache that beams x length need;
+    - text-to-image: denoising steps and the pixels of the generated image (its time: `time_limit_s`).
     """
 
     max_sequences: int = 256
@@ -101,6 +102,8 @@ class Limits:
     max_beams: int = 8
     max_stop_sequences: int = 16
     max_kv_cache_bytes: int = 2 << 30
+    max_inference_steps: int = 100
+    max_generated_pixels: int = 1024 * 1024
 
 
 class InputKind(StrEnum):

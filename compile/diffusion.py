@@ -1,0 +1,333 @@
+"""Compiling a Stable Diffusion 1.x/2.x pipeline for text-to-image, and checking it against diffusers.
+
+The input is a diffusers `StableDiffusionPipeline` directory (`save_pretrained` layout:
+`model_index.json`, `text_encoder/`, `tokenizer/`, `unet/`, `vae/`, `scheduler/`). optimum's
+diffusion exporter (`get_diffusion_models_for_export`, what `main_export(task="text-to-image")`
+runs) gives the graphs; the VAE encoder is left out, text-to-image never encodes an image. The
+artifact is the layout `runtime.tasks.text_to_image` reads: the three graphs, `tokenizer/tokenizer.json`
+(converted from the slow CLIP tokenizer's vocab and merges by transformers when the pipeline has
+no `tokenizer.json`), `scheduler/scheduler_config.json` (the config diffusers' pipeline ends up
+with, after its own fixes such as `steps_offset`), `config.json` (`DiffusionInfo`) and the manifest.
+
+The gates, fp32 only:
+- each graph against its PyTorch module on the same inputs (prompts; latents of the default size
+  and of a non-square one; an integer and a fractional timestep): max abs difference over the
+  largest reference value where that is above 1, at most `GRAPH_MAX_ABS`;
+- the fast tokenizer gives the slow one's ids, padded to the text encoder's length;
+- the whole loop: the runtime's numpy pipeline against diffusers' `StableDiffusionPipeline` with
+  the same prompts, initial latents and scheduler, PSNR of the uint8 images at least
+  `IMAGE_MIN_PSNR` dB.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from compile.errors import CompileFailed, UnsupportedModel, ValidationFailed
+from compile.exporters import tokenizer_info
+from compile.options import CompileOptions, Optimization, Precision, captured
+from compile.tasks import DIFFUSION_PIPELINES, diffusion_pipeline
+from runtime.artifact import MANIFEST, Manifest, Source, TokenizerInfo, Validation, sha256, write_manifest
+from runtime.diffusion.schedulers import scheduler_from_config
+from runtime.session import SessionOptions
+from runtime.tasks.text_to_image import GRAPHS, SCHEDULER, TOKENIZER, DiffusionInfo, StableDiffusion
+from runtime.versions import installed
+
+GRAPH_MAX_ABS = 1e-3  # scaled by the largest reference value when that is above 1
+IMAGE_MIN_PSNR = 35.0
+DEFAULT_STEPS = 25  # diffusers' default is 50; PNDM, DDIM and DPM-Solver++ images settle well before
+VALIDATION_STEPS = 4
+PROMPTS = ["a photograph of an astronaut riding a horse", "an oil painting of a lighthouse at dusk, stormy sea"]
+NEGATIVE = "blurry, low quality"
+TIMESTEPS = (999.0, 500.5, 1.0)
+CHOICE_RULE = "fp32 graphs without fusions: the one candidate for text-to-image"
+
+Log = Callable[[str], None]
+
+
+def build(
+    model_dir: Path,
+    artifact: Path,
+    *,
+    source: Source,
+    options: CompileOptions,
+    key: str,
+    started: float,
+    log: Log,
+) -> tuple[Manifest, list[str]]:
+    """Export, validate and write a complete artifact (manifest last) into `artifact` (new or empty);
+    the figures' lines come back for the report. Raises `UnsupportedModel` for pipelines other than
+    SD 1.x/2.x and `ValidationFailed` past a gate."""
+    if options.precision not in (Precision.AUTO, Precision.FP32) or options.optimize not in (None, Optimization.NONE):
+        raise CompileFailed(
+            "text-to-image compiles to fp32 without graph optimization for now; drop --precision/--optimize"
+        )
+    if diffusion_pipeline(model_dir) not in DIFFUSION_PIPELINES:
+        raise UnsupportedModel(
+            f"{model_dir.name} is not a diffusers pipeline of a kind kiln compiles: {', '.join(DIFFUSION_PIPELINES)}"
+        )
+    pipe = load_pipeline(model_dir)
+    try:
+        scheduler_from_config(pipe.scheduler.config)
+    except ValueError as exc:
+        raise UnsupportedModel(f"kiln's numpy schedulers cannot run {model_dir.name}'s scheduler: {exc}") from None
+    artifact.mkdir(parents=True, exist_ok=True)
+    export(pipe, artifact, options.opset, log)
+    tokenizer, info = write_tokenizer(model_dir, pipe, artifact)
+    (artifact / SCHEDULER).parent.mkdir(parents=True, exist_ok=True)
+    (artifact / SCHEDULER).write_text(pipe.scheduler.to_json_string())
+    description = describe(pipe)
+    (artifact / "config.json").write_bytes(msgspec.json.format(msgspec.json.encode(description), indent=2))
+    session = SessionOptions(device=str(options.device))
+    engine = StableDiffusion.load(artifact, info, session)
+    lines, graphs = validate_graphs(pipe, engine, tokenizer, log)
+    images = validate_pipeline(pipe, engine, log)
+    lines.append(f"whole pipeline, {VALIDATION_STEPS} steps of {pipe.scheduler.__class__.__name__}: " + ", ".join(
+        f"{name} PSNR {value:.1f} dB" for name, value in images.items()
+    ))  # fmt: skip
+    worst_graph = max(diff for diff, _ in graphs.values())
+    worst_psnr = min(images.values())
+    gate = f"each graph max abs diff <= {GRAPH_MAX_ABS:g} (scaled); images PSNR >= {IMAGE_MIN_PSNR:g} dB vs diffusers"
+    if worst_graph > GRAPH_MAX_ABS or worst_psnr < IMAGE_MIN_PSNR:
+        raise ValidationFailed("the compiled pipeline does not match diffusers:\n  " + "\n  ".join(lines))
+    manifest = write(artifact, source, options, key, started, info, gate, graphs, images)
+    return manifest, lines
+
+
+def load_pipeline(model_dir: Path) -> Any:
+    """diffusers' pipeline in fp32 on CPU, without the safety checker (never exported)."""
+    try:
+        import diffusers
+    except ImportError:
+        raise CompileFailed("text-to-image needs diffusers: pip install 'kiln[compile]'") from None
+    with captured():
+        pipe = diffusers.StableDiffusionPipeline.from_pretrained(  # type: ignore[no-untyped-call]
+            model_dir, safety_checker=None, requires_safety_checker=False
+        )
+    pipe.set_progress_bar_config(disable=True)
+    unet = pipe.unet.config
+    if unet.get("time_cond_proj_dim") is not None or unet.get("addition_embed_type") is not None:
+        raise UnsupportedModel(
+            f"{model_dir.name}'s UNet takes extra conditioning (a distilled guidance embedding or SDXL's "
+            "added time ids), which kiln's text-to-image loop does not feed"
+        )
+    return pipe
+
+
+def export(pipe: Any, artifact: Path, opset: int | None, log: Log) -> None:
+    """One ONNX graph per component of `GRAPHS`, with optimum's diffusion export configs."""
+    from optimum.exporters.onnx.convert import export_models
+    from optimum.exporters.utils import get_diffusion_models_for_export
+
+    models = get_diffusion_models_for_export(pipe, exporter="onnx")
+    for name, path in GRAPHS.items():
+        start = time.perf_counter()
+        with captured() as output:
+            try:
+                export_models({name: models[name]}, artifact, opset=opset, output_names=[path])
+            except Exception as exc:
+                raise CompileFailed(f"optimum cannot export the {name}: {exc}\n{output.read()}") from None
+        log(f"{name}: exported to {path} ({time.perf_counter() - start:.1f} s)")
+
+
+def write_tokenizer(model_dir: Path, pipe: Any, artifact: Path) -> tuple[Any, TokenizerInfo]:
+    """`tokenizer/tokenizer.json`: the pipeline's own, or transformers' conversion of the slow CLIP
+    tokenizer; and the facts the runtime pads with."""
+    import transformers
+
+    with captured():
+        fast = transformers.AutoTokenizer.from_pretrained(model_dir / "tokenizer", use_fast=True)  # type: ignore[no-untyped-call]
+    if not fast.is_fast:
+        raise CompileFailed(f"{model_dir.name}'s tokenizer has no fast version that transformers can convert to")
+    target = artifact / TOKENIZER
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fast.backend_tokenizer.save(str(target))
+    return fast, tokenizer_info(fast, pipe.text_encoder.config)
+
+
+def describe(pipe: Any) -> DiffusionInfo:
+    """The facts the loop needs, as diffusers derives them in `StableDiffusionPipeline.__init__`
+    and `__call__`."""
+    vae, unet = pipe.vae.config, pipe.unet.config
+    vae_scale_factor = 2 ** (len(vae.block_out_channels) - 1)
+    down = 2 ** (len(unet.down_block_types) - 1)
+    height, width = (unet.sample_size,) * 2 if isinstance(unet.sample_size, int) else unet.sample_size
+    multiple = math.lcm(8, vae_scale_factor * down)
+    return DiffusionInfo(
+        pipeline=type(pipe).__name__,
+        latent_channels=int(unet.in_channels),
+        vae_scaling_factor=float(vae.scaling_factor),
+        vae_scale_factor=vae_scale_factor,
+        size_multiple=multiple,
+        default_height=int(height) * vae_scale_factor,
+        default_width=int(width) * vae_scale_factor,
+        default_steps=DEFAULT_STEPS,
+    )
+
+
+def _compare(reference: np.ndarray, got: np.ndarray) -> tuple[float, float]:
+    """Max abs difference (over the largest reference value, where that is above 1) and cosine."""
+    scale = max(1.0, float(np.abs(reference).max()))
+    a, b = reference.ravel().astype(np.float64), got.ravel().astype(np.float64)
+    denom = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return float(np.abs(a - b).max()) / scale, float(a @ b) / denom if denom else 1.0
+
+
+def validate_graphs(
+    pipe: Any, engine: StableDiffusion, tokenizer: Any, log: Log
+) -> tuple[list[str], dict[str, tuple[float, float]]]:
+    """Each graph against its PyTorch module on the same inputs: (scaled max abs diff, min cosine)."""
+    import torch
+
+    info = engine.info
+    rng = np.random.default_rng(0)
+    length = engine.tokenizer.max_length
+    texts = [*PROMPTS, NEGATIVE, "", " ".join(PROMPTS * 8)]  # the last one is truncated
+    slow = pipe.tokenizer(texts, padding="max_length", max_length=length, truncation=True, return_tensors="np")
+    ids = np.asarray(slow["input_ids"], dtype=np.int64)
+    fast = np.asarray(tokenizer(texts, padding="max_length", max_length=length, truncation=True)["input_ids"])
+    served = engine.tokenizer.batch(engine.tokenizer.encode(texts), width=length)["input_ids"]
+    if not (np.array_equal(ids, fast) and np.array_equal(ids, served)):
+        raise ValidationFailed(
+            "the converted tokenizer does not give the pipeline tokenizer's ids on the checked prompts"
+        )
+    with torch.inference_mode():
+        hidden = pipe.text_encoder(torch.from_numpy(ids))[0].numpy()
+    figures = {"text_encoder": _compare(hidden, engine.text_encoder.run({"input_ids": ids})["last_hidden_state"])}
+    height, width = info.default_height // info.vae_scale_factor, info.default_width // info.vae_scale_factor
+    step = info.size_multiple // info.vae_scale_factor
+    sizes = [(height, width), (max(step, height - step), width + step)]
+    unet: list[tuple[float, float]] = []
+    for size, timestep in zip([*sizes, sizes[0]], TIMESTEPS):
+        latents = rng.standard_normal((2, info.latent_channels, *size), dtype=np.float32)
+        with torch.inference_mode():
+            want = pipe.unet(
+                torch.from_numpy(latents), torch.tensor(timestep), encoder_hidden_states=torch.from_numpy(hidden[:2])
+            ).sample.numpy()
+        feeds = {
+            "sample": latents,
+            "timestep": np.asarray(timestep, dtype=np.float32),
+            "encoder_hidden_states": hidden[:2],
+        }
+        unet.append(_compare(want, engine.unet.run(feeds)["out_sample"]))
+    vae: list[tuple[float, float]] = []
+    for size in sizes:
+        latents = rng.standard_normal((1, info.latent_channels, *size), dtype=np.float32)
+        latents /= np.float32(info.vae_scaling_factor)
+        with torch.inference_mode():
+            want = pipe.vae.decode(torch.from_numpy(latents)).sample.numpy()
+        vae.append(_compare(want, engine.vae_decoder.run({"latent_sample": latents})["sample"]))
+    figures["unet"] = max(d for d, _ in unet), min(c for _, c in unet)
+    figures["vae_decoder"] = max(d for d, _ in vae), min(c for _, c in vae)
+    cases = {
+        "text_encoder": f"{len(texts)} prompts",
+        "unet": f"latents {sizes[0]} and {sizes[1]}, timesteps {TIMESTEPS}",
+        "vae_decoder": f"latents {sizes[0]} and {sizes[1]}",
+    }
+    lines = []
+    for name, (diff, cosine) in figures.items():
+        verdict = "passed" if diff <= GRAPH_MAX_ABS else "FAILED"
+        lines.append(f"{name}: {verdict}, max abs diff {diff:.3g}, min cosine {cosine:.6f} vs PyTorch ({cases[name]})")
+        log(lines[-1])
+    return lines, figures
+
+
+def psnr(reference: np.ndarray, image: np.ndarray) -> float:
+    """Peak signal-to-noise ratio of two uint8 images in dB (infinite when they are equal)."""
+    error = np.mean((reference.astype(np.float64) - image.astype(np.float64)) ** 2)
+    return math.inf if error == 0 else float(10 * np.log10(255.0**2 / error))
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """diffusers' `numpy_to_pil` without the PIL image."""
+    return (image * 255).round().astype(np.uint8)  # type: ignore[no-any-return]
+
+
+def diffusers_image(pipe: Any, prompt: str, latents: np.ndarray, **kwargs: Any) -> np.ndarray:
+    """diffusers' image, `(height, width, 3)` float in [0, 1], from these initial latents."""
+    import torch
+
+    height, width = (side * pipe.vae_scale_factor for side in latents.shape[2:])
+    with torch.inference_mode():
+        out = pipe(prompt, latents=torch.from_numpy(latents), height=height, width=width, output_type="np", **kwargs)
+    return out.images[0]  # type: ignore[no-any-return]
+
+
+def validate_pipeline(pipe: Any, engine: StableDiffusion, log: Log) -> dict[str, float]:
+    """The runtime's loop against diffusers' on the same prompts and initial latents: PSNR per case
+    (the default size with guidance, a wider one with a negative prompt)."""
+    info = engine.info
+    rng = np.random.default_rng(1)
+    default = info.default_height, info.default_width
+    cases = [
+        ("default size, guidance 7.5", PROMPTS[0], None, default),
+        ("wider, negative prompt", PROMPTS[1], NEGATIVE, (default[0], default[1] + info.size_multiple)),
+    ]
+    figures = {}
+    for name, prompt, negative, (height, width) in cases:
+        latents = rng.standard_normal(engine.latent_shape(height, width), dtype=np.float32)
+        want = diffusers_image(
+            pipe, prompt, latents, negative_prompt=negative, num_inference_steps=VALIDATION_STEPS, guidance_scale=7.5
+        )
+        got = engine.generate(
+            prompt, negative_prompt=negative, guidance_scale=7.5, steps=VALIDATION_STEPS, latents=latents,
+            scheduler=engine.scheduler(), rng=np.random.default_rng(0),
+        )  # fmt: skip
+        figures[name] = psnr(to_uint8(want), to_uint8(got))
+        log(f"pipeline ({name}, {width}x{height}): PSNR {figures[name]:.1f} dB vs diffusers")
+    return figures
+
+
+def write(
+    artifact: Path,
+    source: Source,
+    options: CompileOptions,
+    key: str,
+    started: float,
+    info: TokenizerInfo,
+    gate: str,
+    graphs: dict[str, tuple[float, float]],
+    psnr: dict[str, float],
+) -> Manifest:
+    """Hash every file below `artifact` (graphs sit in folders) and write the manifest, last."""
+    import onnx
+
+    unet = onnx.load(str(artifact / GRAPHS["unet"]), load_external_data=False)
+    files = sorted(p for p in artifact.rglob("*") if p.is_file() and p.name != MANIFEST)
+    measured = {
+        "passed": True,
+        "graphs": {name: {"max_abs_diff": diff, "min_cosine": cosine} for name, (diff, cosine) in graphs.items()},
+        "psnr_db": {name: round(v, 2) if math.isfinite(v) else None for name, v in psnr.items()},  # None: identical
+    }
+    manifest = Manifest(
+        task="text-to-image",
+        source=source,
+        device=str(options.device),
+        precision=str(Precision.FP32),
+        optimization=str(Optimization.NONE),
+        opset=max(o.version for o in unet.opset_import if o.domain in ("", "ai.onnx")),
+        model_file=GRAPHS["unet"],
+        input_names=[i.name for i in unet.graph.input],
+        output_names=[o.name for o in unet.graph.output],
+        tokenizer=info,
+        validation=Validation(
+            gate=gate, passed=True, inputs=len(graphs) + len(psnr), max_abs_diff=max(d for d, _ in graphs.values()),
+            min_cosine=min(c for _, c in graphs.values()),
+        ),
+        files={p.relative_to(artifact).as_posix(): sha256(p) for p in files},
+        versions=installed("onnxruntime", "onnxruntime-gpu", "onnx", "optimum", "optimum-onnx", "diffusers",
+                           "transformers", "torch", "tokenizers"),
+        choice={"rule": CHOICE_RULE, "order": ["fp32-none"], "tried": {"fp32-none": measured}},
+        graphs=dict(GRAPHS),
+        compile_seconds=round(time.perf_counter() - started, 2),
+        config_hash=key,
+    )  # fmt: skip
+    write_manifest(artifact, manifest)
+    return manifest
