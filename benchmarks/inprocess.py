@@ -191,6 +191,11 @@ def _top(task: str, answer: Any) -> Any:
         return answer["start"], answer["end"]
     if task == "fill-mask":
         return answer[0]["token"]
+    if task == "visual-question-answering":
+        return answer[0]["answer"]
+    if task == "table-question-answering":
+        answers = answer if isinstance(answer, list) else [answer]
+        return [(a["answer"], [tuple(c) for c in a["coordinates"]]) for a in answers]
     return [(e.get("entity"), e["start"], e["end"]) for e in answer]  # token-classification
 
 

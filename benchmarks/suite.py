@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import runtime
-from benchmarks import batching, generation, inprocess, machine, report, server, speech, vision
+from benchmarks import batching, generation, inprocess, machine, questions, report, server, speech, vision
 from compile import CompileOptions, Device, Precision, Progress, compile_model
 
 GOALS = {
@@ -107,6 +107,9 @@ def run(out: Path, *, quick: bool, device: str, say: Callable[[str], None] = log
         results["vision"] = classify_images(work, quick=quick, device=device, rounds=rounds, block=block, say=say)
         results["generation"] = [dataclasses.asdict(r) for r in generate(work, quick=quick, say=say)]
         results["speech"] = [dataclasses.asdict(r) for r in transcribe(work, quick=quick, device=device, say=say)]
+        if not quick:
+            asked = questions.compare(work, device=device, rounds=rounds, block=block, log=say)
+            results["inprocess"] += [dataclasses.asdict(r) for r in asked]
         results["server"] = serve(minilm, work, quick=quick, device=device, say=say)
     results["goals_measured"] = goals(results)
     results["seconds"] = round(time.monotonic() - started, 1)

@@ -233,6 +233,8 @@ def _build(
 ) -> tuple[Manifest, list[str]]:
     from optimum.exporters.onnx import main_export
 
+    from compile.custom_configs import export_custom, exports_itself
+
     converted = gguf.gguf_file(model_dir)
     if converted is not None:
         with progress.step(f"converting {converted.name} to a transformers model (dequantized to fp32)"):
@@ -246,15 +248,18 @@ def _build(
     export_dir = staging / "export"
     with progress.step(f"exporting {display_name(source)} to ONNX for {task}"):
         try:
-            main_export(
-                str(model_dir),
-                export_dir,
-                task=spec.optimum_task,
-                opset=options.opset,
-                do_validation=False,
-                trust_remote_code=options.trust_remote_code,
-                library_name="transformers",
-            )
+            if exports_itself(model_type(model_dir), task):
+                export_custom(model_dir, export_dir, task, opset=options.opset)
+            else:
+                main_export(
+                    str(model_dir),
+                    export_dir,
+                    task=spec.optimum_task,
+                    opset=options.opset,
+                    do_validation=False,
+                    trust_remote_code=options.trust_remote_code,
+                    library_name="transformers",
+                )
         except (ValueError, KeyError) as exc:  # optimum's word for "this architecture cannot do that task"
             raise CompileFailed(f"optimum cannot export {model_dir.name} for {task}: {exc}") from None
     if spec.generative:

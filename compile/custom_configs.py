@@ -290,6 +290,11 @@ _CUSTOM: dict[tuple[str, str], tuple[type[OnnxConfig], str]] = {
 """(model type, kiln task) -> the export config and the transformers head it exports."""
 
 
+def exports_itself(model_type: str | None, task: str) -> bool:
+    """Whether kiln exports `model_type` for `task` with its own config (optimum has none)."""
+    return (model_type or "", task) in _CUSTOM
+
+
 def custom_onnx_config(model_type: str, task: str, config: Any) -> OnnxConfig | None:
     """kiln's export config for `model_type` on `task` (`config`: the model's `PretrainedConfig`),
     or None where optimum's own config serves. Raises `UnsupportedModel` for a TAPAS or ViLT

@@ -392,3 +392,6 @@ def copy_components(reference: Reference, context: BuildContext, artifact: Path)
             if source.is_file():
                 shutil.copy(source, artifact / name)
                 break
+
+
+from compile import questions  # noqa: E402, F401  (registers the image+text and table exporters)

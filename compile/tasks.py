@@ -99,6 +99,22 @@ for _spec in (
     _SEMANTIC,
     ExportSpec("audio-classification", "audio-classification", "AutoModelForAudioClassification", ("logits",), True),
     ExportSpec("text-to-image", "text-to-image", "StableDiffusionPipeline", ("out_sample",), False, diffusion=True),
+    # exported by kiln's own configs (compile.custom_configs): optimum has none for TAPAS or ViLT
+    ExportSpec(
+        "visual-question-answering",
+        "visual-question-answering",
+        "AutoModelForVisualQuestionAnswering",
+        ("logits",),
+        True,
+    ),
+    ExportSpec(
+        "table-question-answering",
+        "table-question-answering",
+        "AutoModelForTableQuestionAnswering",
+        ("logits",),
+        False,
+        token_level=True,
+    ),
     # CTC models (wav2vec2, HuBERT): per-frame character logits; Whisper has its own spec below
     ExportSpec(
         "automatic-speech-recognition",
@@ -206,6 +222,9 @@ _HEADS = (
 )
 
 
+_QUESTION_TASKS = {"tapas": "table-question-answering", "vilt": "visual-question-answering"}
+
+
 def infer_task(model_dir: Path) -> str:
     """The task a model directory declares: its card's `pipeline_tag`, else what the files say.
 
@@ -233,6 +252,8 @@ def infer_task(model_dir: Path) -> str:
         return "ranking"  # a sentence-transformers CrossEncoder
     if config.get("model_type") in ("clip", "siglip"):
         return "zero-shot-image-classification"
+    if config.get("model_type") in _QUESTION_TASKS:  # their heads' names say question-answering
+        return _QUESTION_TASKS[str(config["model_type"])]
     if config.get("model_type") == "whisper" and any(
         a.endswith("ForConditionalGeneration") for a in config.get("architectures") or []
     ):

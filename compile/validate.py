@@ -128,7 +128,9 @@ def compare(
     level = spec.token_level and not spec.pooled
     for ref, cand, mask in zip(reference, candidate, masks):
         for name in ref:
-            for a, b in zip(vectors(ref[name], mask, level), vectors(cand[name].astype(np.float32), mask, level)):
+            per_token = level and ref[name].shape[:2] == mask.shape  # not a per-input head beside them
+            pairs = zip(vectors(ref[name], mask, per_token), vectors(cand[name].astype(np.float32), mask, per_token))
+            for a, b in pairs:
                 count += 1
                 max_abs = max(max_abs, float(np.max(np.abs(a - b))))
                 denom = float(np.linalg.norm(a) * np.linalg.norm(b))

@@ -113,6 +113,8 @@ def decode(
 ) -> tuple[Any, dict[str, Any]]:
     """`(inputs, parameters)` of a request, or a typed error that says what is wrong with it."""
     kind, task = pipeline.input_kind, pipeline.task
+    if kind is InputKind.IMAGE_TEXT:
+        return _image_question(content_type, body, pipeline, query)
     prefix = FILE_MEDIA.get(kind)
     if prefix is None:
         return _split(_object(content_type, body, task))
@@ -159,6 +161,44 @@ def decode_custom(content_type: str | None, body: bytes, query: bytes | str, max
 
 def _container_typed(value: str) -> Any:
     return int(value) if value.isnumeric() else {"true": True, "false": False}.get(value, value)
+
+
+def _image_question(
+    content_type: str | None, body: bytes, pipeline: Pipeline, query: bytes | str
+) -> tuple[Any, dict[str, Any]]:
+    """An image with a question (visual-question-answering), in the forms clients send:
+    - the image as the body (`image/*`, `application/octet-stream`), `?question=...` in the query;
+    - JSON `{"inputs": {"image": <base64>, "question": ...}}`, or a list of those;
+    - huggingface_hub 0.36: `{"inputs": <base64>, "image": <base64>, "question": ...}`, the question
+      beside `inputs`; older clients: `{"inputs": null, "image": ..., "question": ...}`."""
+    media = media_type(content_type)
+    if media.startswith("image/") or media == "application/octet-stream":
+        if not body:
+            raise BadRequest("the request body is empty; send the image")
+        parameters = query_parameters(query, pipeline.Parameters)
+        question = parameters.pop("question", None)
+        if not isinstance(question, str) or not question:
+            raise BadRequest("with the image as the body, send the question in the query string: ?question=...")
+        return {"image": body, "question": question}, parameters
+    payload = _object(content_type, body, pipeline.task)
+    if payload.get("inputs") is not None and "question" in payload:
+        question = payload.pop("question")
+        payload.pop("image", None)  # the same image as `inputs`
+        if isinstance(payload["inputs"], str):
+            payload["inputs"] = {"image": payload["inputs"], "question": question}
+    inputs, parameters = _split(payload)
+    return _question_images(inputs), parameters
+
+
+def _question_images(inputs: Any) -> Any:
+    """The base64 images of `{"image", "question"}` inputs (or a bare base64 image) as bytes."""
+    if isinstance(inputs, str):
+        return decode_base64_file(inputs, "image")
+    if isinstance(inputs, list):
+        return [_question_images(item) for item in inputs]
+    if isinstance(inputs, dict) and isinstance(inputs.get("image"), str):
+        return {**inputs, "image": decode_base64_file(inputs["image"], "image")}
+    raise InvalidInput('`inputs` must be {"image": <base64>, "question": ...}, a list of them, or a base64 image')
 
 
 def _json_like(body: bytes) -> bool:
