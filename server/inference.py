@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio.to_thread
 from litestar import Request, Response, get, post
+from litestar.datastructures import State
 
 from runtime.tasks.text_generation import GenerativePipeline
 from runtime.tasks.text_to_image import TextToImagePipeline
@@ -52,14 +54,17 @@ async def health(service: Service) -> Response[dict[str, Any]]:
     "/info", guards=[require_token], summary="What is served, how it was compiled, and the limits",
     **documented(errors=(401, 503)),
 )  # fmt: skip
-async def info(service: Service) -> dict[str, Any]:
+async def info(service: Service, state: State) -> dict[str, Any]:
     settings = service.settings
     handler = service.ready_handler()
+    replica = state.get("replica")  # set by server.ray_serve: which replica answered, how many run
+    where = {"replica": await anyio.to_thread.run_sync(replica)} if replica else {}
     if handler is not None:
         return {
             **handler.describe(),
             "limits": {"max_body_bytes": settings.max_body_bytes, "max_concurrency": service.admission.workers},
             "ready_after_seconds": service.ready_after,
+            **where,
         }
     pipeline = service.ready()
     manifest = pipeline.manifest
@@ -83,6 +88,7 @@ async def info(service: Service) -> dict[str, Any]:
         },
         "batching": service.describe_batching(),
         "ready_after_seconds": service.ready_after,
+        **where,
     }
 
 
