@@ -33,11 +33,11 @@ LOGITS_MAX_ABS = 1e-3  # relative to the largest logit, when that is above 1
 INT8_MIN_COSINE = 0.99
 
 
-def greedy_reference(model: Any, tokenizer: Any, prompt: str, eos: list[int]) -> tuple[list[int], np.ndarray]:
+def greedy_reference(model: Any, prompt_ids: list[int], eos: list[int]) -> tuple[list[int], np.ndarray]:
     import torch
 
-    encoded = tokenizer(prompt, return_tensors="pt")
-    ids = {k: v for k, v in encoded.items() if k in ("input_ids", "attention_mask")}  # what the graph takes
+    tensor = torch.tensor([prompt_ids])
+    ids = {"input_ids": tensor, "attention_mask": torch.ones_like(tensor)}  # what the graph takes
     with torch.inference_mode():
         out = model.generate(
             **ids, max_new_tokens=NEW_TOKENS, do_sample=False, num_beams=1, repetition_penalty=1.0,
@@ -96,6 +96,8 @@ def build(
         generator = Generator(decoder, encoder, config)
         if speech:
             cases, features = _speech_cases(model_dir, torch_model, generator, config)
+        elif is_tapex(tokenizer):
+            cases, features = _tapex_cases(model_dir, export_dir, torch_model, tokenizer, info, generator), None
         else:
             cases, features = _text_cases(torch_model, tokenizer, generator), None
         lines, same, max_abs, min_cos = [], 0, 0.0, 1.0
@@ -127,17 +129,50 @@ Case = tuple[str, tuple[list[int], np.ndarray], tuple[list[int], np.ndarray]]
 
 def _text_cases(torch_model: Any, tokenizer: Any, generator: Generator) -> list[Case]:
     """Each prompt's greedy tokens and first-step logits, from PyTorch and from the graphs."""
+    return [_decoded(repr(prompt), tokenizer(prompt)["input_ids"], torch_model, generator) for prompt in PROMPTS]
+
+
+def _decoded(name: str, ids: list[int], torch_model: Any, generator: Generator) -> Case:
     eos = torch_model.generation_config.eos_token_id
     eos = list(eos) if isinstance(eos, list) else ([] if eos is None else [int(eos)])
-    cases = []
-    for prompt in PROMPTS:
-        want = greedy_reference(torch_model, tokenizer, prompt, eos)
-        ids = tokenizer(prompt)["input_ids"]
-        steps = list(generator.run(ids, Sampling(max_new_tokens=NEW_TOKENS, eos_token_ids=tuple(eos))))
-        first = steps[0].logits
-        assert first is not None
-        cases.append((repr(prompt), want, ([s.token_id for s in steps], first)))
-    return cases
+    want = greedy_reference(torch_model, ids, eos)
+    steps = list(generator.run(ids, Sampling(max_new_tokens=NEW_TOKENS, eos_token_ids=tuple(eos))))
+    first = steps[0].logits
+    assert first is not None
+    return name, want, ([s.token_id for s in steps], first)
+
+
+def is_tapex(tokenizer: Any) -> bool:
+    """A TAPEX model (BART over linearized tables) has transformers' `TapexTokenizer`."""
+    return type(tokenizer).__name__ == "TapexTokenizer"
+
+
+def _tapex_cases(
+    model_dir: Path, export_dir: Path, torch_model: Any, tokenizer: Any, info: TokenizerInfo, generator: Generator
+) -> list[Case]:
+    """TAPEX: the questions of `compile.questions` about its table, encoded by the runtime's TAPEX
+    port over the fast BART tokenizer written here as `tokenizer.json` (what the runtime reads), then
+    decoded by PyTorch and by the graphs from the same ids. (The port's encodings equal
+    `TapexTokenizer`'s: tests/test_tapex.py.)"""
+    import transformers
+
+    from compile.questions import TABLE, TABLE_QUESTIONS
+    from runtime.tables.tapex import TapexEncoder, Truncation
+    from runtime.text import TextTokenizer
+
+    fast = transformers.BartTokenizerFast(
+        vocab_file=str(model_dir / "vocab.json"), merges_file=str(model_dir / "merges.txt")
+    )  # type: ignore[no-untyped-call]
+    fast.backend_tokenizer.save(str(export_dir / "tokenizer.json"))
+    encoder = TapexEncoder(
+        TextTokenizer(export_dir / "tokenizer.json", info),
+        do_lower_case=bool(getattr(tokenizer, "do_lower_case", True)),
+        max_cell_length=int(getattr(tokenizer, "max_cell_length", 15)),
+    )
+    return [
+        _decoded(repr(question), encoder.encode(TABLE, question, Truncation.TOKENS)[1], torch_model, generator)
+        for question in TABLE_QUESTIONS
+    ]
 
 
 def _speech_cases(

@@ -155,6 +155,18 @@ for _spec, _model_types in (
         ),
         ("maskformer",),
     ),
+    # TAPEX: BART generating the answer from a linearized table (runtime.tasks.tapex)
+    (
+        ExportSpec(
+            "table-question-answering",
+            "text2text-generation-with-past",
+            "AutoModelForSeq2SeqLM",
+            ("logits",),
+            True,
+            generative=True,
+        ),
+        ("bart",),
+    ),
     # an encoder and a decoder with its key/value cache, validated by decoding like the text generative tasks
     (
         ExportSpec(

@@ -22,6 +22,7 @@ import msgspec
 from litestar import Request, Response
 from litestar.response import Stream
 
+from runtime import InputKind
 from runtime.tasks.text_generation import Finished, GenerativePipeline, Prepared, Token
 from server import wire
 from server.errors import BadRequest, NotServed
@@ -35,7 +36,7 @@ OPENAI_REASONS = {"eos_token": "stop", "stop_sequence": "stop", "cancelled": "st
 
 def generative(service: Service) -> GenerativePipeline:
     pipeline = service.ready()
-    if not isinstance(pipeline, GenerativePipeline):
+    if not isinstance(pipeline, GenerativePipeline) or pipeline.input_kind is not InputKind.TEXT:
         raise NotServed(f"this server serves {pipeline.task}; generation needs a text-generation model")
     return pipeline
 

@@ -8,6 +8,7 @@ import anyio.to_thread
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
 
+from runtime import InputKind
 from runtime.tasks.text_generation import GenerativePipeline
 from runtime.tasks.text_to_image import TextToImagePipeline
 from runtime.versions import installed
@@ -33,7 +34,7 @@ async def predict(request: Request[Any, Any, Any], service: Service) -> Response
     pipeline = service.ready()
     if isinstance(pipeline, TextToImagePipeline):
         return await predict_text_to_image(request, service, pipeline)
-    if isinstance(pipeline, GenerativePipeline):
+    if isinstance(pipeline, GenerativePipeline) and pipeline.input_kind is InputKind.TEXT:  # TAPEX takes tables
         generated = await predict_generation(request, service, pipeline)
         return generated if isinstance(generated, Response) else answer(service, generated)
     content_type, query = request.headers.get("content-type"), request.scope["query_string"]

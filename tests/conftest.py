@@ -163,3 +163,15 @@ def servers(artifacts: Lazy[tuple[str, str], Path], start_server: Callable[..., 
     """`servers[task]`: a server of the task's first tiny architecture, started when first asked
     for and shared by the HTTP tests."""
     return Lazy(lambda task: start_server(str(artifacts[task, ARCHS[task][0]])))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """PyTorch on one thread for a module's comparisons: the small models there run fastest so, and
+    more threads only fight ONNX Runtime's for two cores (PyTorch's Whisper ran 20-40x slower)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -4,7 +4,9 @@ by `runtime.tasks.text_to_image`, against diffusers' `StableDiffusionPipeline` o
 The pipeline is the one diffusers' own tests build (`tests/pipelines/stable_diffusion`), with a CLIP
 tokenizer written here (byte-level alphabet, merges learned from a few words). Tolerances: each
 graph within 1e-4 of PyTorch (max abs; the compile gate is 1e-3, scaled), and the served images
-within `IMAGE_MIN_PSNR` (35 dB) of diffusers' on uint8 pixels, for four schedulers.
+within `IMAGE_MIN_PSNR` (35 dB) of diffusers' on uint8 pixels, for four schedulers. A second
+pipeline, the same with a UNet of four levels, checks sizes that are multiples of 8 pixels but not
+of the UNet's whole down factor: graph and image against diffusers, same tolerances.
 """
 
 from __future__ import annotations
@@ -38,13 +40,7 @@ GRAPH_MAX_ABS = 1e-4
 STEPS = 5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Models this small run fastest on one thread; more only contend with the other processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -263,6 +259,64 @@ def test_should_stop_and_on_step(served: TextToImagePipeline) -> None:
             **euler,
         )  # fmt: skip
     assert steps == [(1, 4), (2, 4)]
+
+
+@pytest.fixture(scope="module")
+def deep(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[TextToImagePipeline, Any]:
+    """The tiny pipeline with a UNet of four levels (whole down factor 8: 16 pixels with the VAE's
+    2, where the old export needed multiples of 16), compiled and served; and diffusers' pipeline."""
+    components = diffusers.StableDiffusionPipeline.from_pretrained(model_dir).components
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(
+        block_out_channels=(32, 32, 32, 32), layers_per_block=1, sample_size=16, cross_attention_dim=32,
+        down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"),
+    )  # fmt: skip
+    work = tmp_path_factory.mktemp("deep-sd")
+    diffusers.StableDiffusionPipeline(**{**components, "unet": unet}).save_pretrained(work / "model")
+    reference = diffusers.StableDiffusionPipeline.from_pretrained(work / "model")
+    reference.set_progress_bar_config(disable=True)
+    artifact = work / "artifact"
+    options = CompileOptions(task="text-to-image")
+    source = Source(model=str(work / "model"), local=True)
+    build(work / "model", artifact, source=source, options=options, key="test", started=0.0, log=lambda line: None)
+    pipe = runtime.load(artifact, threads=1, spinning=False)
+    assert isinstance(pipe, TextToImagePipeline)
+    return pipe, reference
+
+
+@pytest.mark.parametrize("latent", [(32, 32), (16, 48), (36, 20), (4, 12), (20, 28)])
+def test_unet_graph_follows_the_skip_sizes(deep: tuple[TextToImagePipeline, Any], latent: tuple[int, int]) -> None:
+    """Latent sizes of multiples of 8 pixels, of the UNet's down factor (32 x 32, 16 x 48) or not
+    (36 x 20 rounds 9 x 5 up to 5 x 3 at the bottom): the graph is PyTorch's within 1e-4."""
+    served, reference = deep
+    rng = np.random.default_rng(sum(latent))
+    sample = rng.standard_normal((2, 4, *latent), dtype=np.float32)
+    hidden = rng.standard_normal((2, 77, 32), dtype=np.float32)
+    with torch.inference_mode():
+        want = reference.unet(
+            torch.from_numpy(sample), torch.tensor(500.5), encoder_hidden_states=torch.from_numpy(hidden)
+        ).sample.numpy()
+    feeds = {"sample": sample, "timestep": np.asarray(500.5, dtype=np.float32), "encoder_hidden_states": hidden}
+    got = served.engine.unet.run(feeds)["out_sample"]
+    print(f"\nlatent {latent}: max abs diff {np.abs(got - want).max():.2e}")
+    np.testing.assert_allclose(got, want, atol=GRAPH_MAX_ABS, rtol=0)
+
+
+def test_a_multiple_of_8_below_the_unets_down_factor_is_served(deep: tuple[TextToImagePipeline, Any]) -> None:
+    """72 x 40 is a multiple of 8 and of neither 16 nor 64: served, and diffusers' image to >= 35 dB."""
+    served, reference = deep
+    assert served.describe()["size_multiple"] == 8
+    want = diffusers_image(reference, "PNDMScheduler", seed=6, width=72, height=40)
+    got = served(PROMPT, seed=6, num_inference_steps=STEPS, width=72, height=40)
+    assert got.size == want.size == (72, 40)
+    value = psnr(pixels(want), pixels(got))
+    print(f"\n72x40: PSNR {value:.1f} dB")
+    assert value >= IMAGE_MIN_PSNR
+    other = served(PROMPT, seed=7, num_inference_steps=STEPS, width=72, height=40)
+    assert psnr(pixels(want), pixels(other)) < IMAGE_MIN_PSNR
+    with pytest.raises(InvalidParameter, match="multiple of 8"):
+        served(PROMPT, width=76, height=40, num_inference_steps=1)
 
 
 def test_warmup_and_describe(served: TextToImagePipeline) -> None:

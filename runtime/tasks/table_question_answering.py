@@ -42,6 +42,13 @@ class TableQuestionAnsweringPipeline(Pipeline):
     Parameters = TableQuestionAnsweringParameters
     example = ({"table": {"City": ["Paris", "Rome"], "People": ["2148000", "2873000"]}, "query": "Which city?"}, {})
 
+    @classmethod
+    def variant(cls, manifest: Manifest) -> type[Pipeline]:
+        """TAPAS (one graph) or TAPEX (BART's encoder and decoder: `runtime.tasks.tapex`)."""
+        from runtime.tasks.tapex import TapexPipeline
+
+        return TapexPipeline if "encoder" in manifest.graphs else cls
+
     def __init__(self, directory: Path, manifest: Manifest, options: SessionOptions) -> None:
         super().__init__(directory, manifest, options)
         self.encoder = TapasEncoder.from_directory(directory)
