@@ -267,5 +267,5 @@ def test_inference_client_gets_the_answer_over_http(tapex_artifact: Path, start_
     server = start_server(str(tapex_artifact))
     got = InferenceClient(model=server.url).table_question_answering(table=TABLES[0], query=QUESTIONS[0])
     assert got.answer == _load(tapex_artifact)({"table": TABLES[0], "query": QUESTIONS[0]})["answer"]
-    tgi = httpx.post(f"{server.url}/generate", json={"inputs": QUESTIONS[0]})
-    assert tgi.status_code == 404  # the generation routes are for text models, not tables
+    chat = httpx.post(f"{server.url}/v1/completions", json={"model": "m", "prompt": QUESTIONS[0]})
+    assert chat.status_code == 404 and "generation needs" in chat.json()["error"]  # for text models, not tables
