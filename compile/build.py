@@ -245,6 +245,12 @@ def _build(
         return diffusion.build(
             model_dir, staging / "artifact", source=source, options=options, key=key, started=started, log=progress.say
         )
+    from compile import blip
+
+    if blip.compiles(model_dir, task):
+        return blip.build(
+            model_dir, staging / "artifact", source=source, options=options, key=key, started=started, progress=progress
+        )
     export_dir = staging / "export"
     with progress.step(f"exporting {display_name(source)} to ONNX for {task}"):
         try:

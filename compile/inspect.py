@@ -327,9 +327,13 @@ def check_artifact(
         if converted is not None:
             with progress.step(f"converting {converted.name} to a transformers model"):
                 model_dir = gguf.convert(model_dir, converted, Path(scratch) / "source")
+        from compile import blip  # loads torch, as every check does
+
         spec = export_spec(manifest.task, model_type(model_dir))
         if spec.generative:
             figures, lines = _check_generative(path, manifest, model_dir, Path(scratch), progress)
+        elif blip.compiles(model_dir, manifest.task):
+            figures, lines = blip.recheck(path, manifest, model_dir)
         else:
             context = BuildContext(model_dir, manifest.task, spec, options, path, progress)
             figures, lines = _check_graph(path, manifest, context)

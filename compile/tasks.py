@@ -266,6 +266,8 @@ def infer_task(model_dir: Path) -> str:
         return "zero-shot-image-classification"
     if config.get("model_type") in _QUESTION_TASKS:  # their heads' names say question-answering
         return _QUESTION_TASKS[str(config["model_type"])]
+    if "BlipForQuestionAnswering" in (config.get("architectures") or []):
+        return "visual-question-answering"
     if config.get("model_type") == "whisper" and any(
         a.endswith("ForConditionalGeneration") for a in config.get("architectures") or []
     ):

@@ -252,6 +252,7 @@ _FIXED = {
     "DeiTImageProcessor": (256, 3, 224, IMAGENET_STANDARD),
     "BeitImageProcessor": (256, 3, 224, IMAGENET_STANDARD),
     "EfficientNetImageProcessor": (346, 0, 289, IMAGENET_STANDARD),
+    "BlipImageProcessor": (384, 3, None, OPENAI_CLIP),
 }
 
 

@@ -4,7 +4,8 @@ question tokenized, the image through the model's processor (ViLT: shortest edge
 multiple of 32, `pixel_mask`), one graph call, a sigmoid per answer, the `top_k` best (5; at most
 the number of answers).
 
-Inputs as the pipeline takes them: `{"image", "question"}` or a list of those; an image (or a list)
+BLIP models, whose decoder generates the answer, are served by `runtime.tasks.blip_vqa` (chosen by
+`variant`). Inputs as the pipeline takes them: `{"image", "question"}` or a list of those; an image (or a list)
 with `question=` (a string or a list: every question for every image); the image as bytes, a
 `PIL.Image` or a local path.
 """
@@ -17,9 +18,10 @@ from typing import Any, ClassVar
 import msgspec
 import numpy as np
 
+from runtime.artifact import Manifest
 from runtime.errors import ArtifactError, InvalidInput, InvalidParameter
 from runtime.tasks import register
-from runtime.tasks.base import InputKind, sigmoid
+from runtime.tasks.base import InputKind, Pipeline, sigmoid
 from runtime.tasks.vision import WHITE_PIXEL_PNG, ImagePipeline
 
 
@@ -36,6 +38,14 @@ class VisualQuestionAnsweringPipeline(ImagePipeline):
     input_kind: ClassVar[InputKind] = InputKind.IMAGE_TEXT
     Parameters = VisualQuestionAnsweringParameters
     example = ({"image": WHITE_PIXEL_PNG, "question": "What is in the picture?"}, {})
+
+    @classmethod
+    def variant(cls, manifest: Manifest) -> type[Pipeline]:
+        """ViLT (one graph, a classifier over answers) or BLIP (a vision graph, a question encoder
+        and a decoder that generates the answer: `runtime.tasks.blip_vqa`)."""
+        from runtime.tasks.blip_vqa import BlipVisualQuestionAnswering
+
+        return BlipVisualQuestionAnswering if "vision" in manifest.graphs else cls
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
