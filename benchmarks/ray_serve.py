@@ -7,9 +7,9 @@ plain serving), then p50/p95 and throughput at 16 and 64 clients (the lean async
 (Ray's GCS, raylet, controller and proxy included).
 
 The model is all-MiniLM-L6-v2 (feature extraction, compiled to fp32 once), the suite's server
-payload. Run: `python -m benchmarks.ray_serve [--seconds 4] [--json FILE]`. `python -m
-benchmarks.ray_serve serve ARTIFACT --port P --replicas N [--ha-proxy]` is the Ray server this
-runs, through `server.ray_serve.serve_on_ray` as `kiln serve --replicas` calls it.
+payload; the Ray servers are `kiln serve ARTIFACT --replicas N [--ha-proxy]`. `kiln bench` runs
+this in its full run when the `ray` extra is installed; alone: `python -m benchmarks.ray_serve
+[--seconds 4] [--json FILE]`.
 """
 
 from __future__ import annotations
@@ -66,10 +66,13 @@ def replica_pids(url: str, replicas: int) -> set[int]:
 
 def ray_kiln(artifact: Path, replicas: int, ha_proxy: bool, log: Path) -> server.Process:
     port = server.free_port()
-    command = [sys.executable, "-m", "benchmarks.ray_serve", "serve", str(artifact), "--port", str(port)]
+    command = [sys.executable, "-m", "kiln", "serve", str(artifact), "--port", str(port)]
     command += ["--replicas", str(replicas), *(["--ha-proxy"] if ha_proxy else [])]
     # HAProxy mode keeps a stopping replica reachable 30 s for HAProxy's health checks: 1 s here
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
+    env = {
+        **os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+    }  # fmt: skip
     name = f"ray x{replicas} {'haproxy' if ha_proxy else 'default proxy'}"
     return server.start(name, command, env, port, log=log)
 
@@ -134,32 +137,11 @@ def render(rows: list[dict[str, Any]], plain_p50: float) -> str:
     return "\n".join(lines)
 
 
-def serve(args: argparse.Namespace) -> int:
-    import logging
-
-    from server.ray_serve import serve_on_ray
-    from server.settings import Settings
-
-    logging.basicConfig(level="INFO")
-    settings = Settings.from_env(model=args.artifact)
-    return serve_on_ray(
-        settings, args.artifact, replicas=args.replicas, host="127.0.0.1", port=args.port, ha_proxy=args.ha_proxy
-    )
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command")
-    s = commands.add_parser("serve", help="serve ARTIFACT on a local Ray cluster (what the benchmark starts)")
-    s.add_argument("artifact")
-    s.add_argument("--port", type=int, required=True)
-    s.add_argument("--replicas", type=int, default=1)
-    s.add_argument("--ha-proxy", action="store_true")
     parser.add_argument("--seconds", type=float, default=4.0, help="load per concurrency level (default 4)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
-    if args.command == "serve":
-        return serve(args)
     with tempfile.TemporaryDirectory(prefix="kiln-ray-bench-") as work:
         rows = run(args.seconds, Path(work))
     print(render(rows, rows[0]["sequential_p50_ms"]))

@@ -136,6 +136,34 @@ def _batching(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _ray(results: dict[str, Any]) -> list[str]:
+    """Plain `kiln serve` against `kiln serve --replicas N` on Ray Serve, same run and payload."""
+    rows = results.get("ray")
+    if not rows:
+        return []
+    plain = rows[0]["sequential_p50_ms"]
+    lines = [
+        "",
+        "Ray Serve (`kiln serve --replicas N`, a local cluster on this machine) against plain `kiln serve`, "
+        "all-MiniLM-L6-v2 fp32, one short sentence: one client's p50 and its overhead over plain serving, "
+        "then 16 and 64 clients; resident memory of each replica and of the whole process tree (Ray's own "
+        "processes included).",
+        "",
+        "| server | p50 1 client | over plain | x16 req/s | x16 p50 / p95 | x64 req/s | x64 p50 / p95 "
+        "| replica RSS MB | tree RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        x16, x64 = row["levels"]
+        lines.append(
+            f"| {row['server']} | {_ms(row['sequential_p50_ms'])} | {row['sequential_p50_ms'] - plain:+.2f} | "
+            f"{x16['throughput_rps']:.0f} | {_ms(x16['p50_ms'])} / {_ms(x16['p95_ms'])} | "
+            f"{x64['throughput_rps']:.0f} | {_ms(x64['p50_ms'])} / {_ms(x64['p95_ms'])} | "
+            f"{' / '.join(f'{mb:.0f}' for mb in row['replica_rss_mb'])} | {row['tree_rss_mb']:.0f} |"
+        )
+    return lines
+
+
 def markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
     lines = [
@@ -216,6 +244,7 @@ def markdown(results: dict[str, Any]) -> str:
             for x in s["spinning"]
         ],
         *_batching(results),
+        *_ray(results),
         "",
         "Charts: `latency_by_shape.png`, `speedup_by_task.png`, `throughput_by_concurrency.png`.",
         "",

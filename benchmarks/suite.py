@@ -16,11 +16,12 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 import runtime
-from benchmarks import batching, generation, inprocess, machine, questions, report, server, speech, vision
+from benchmarks import batching, generation, inprocess, machine, questions, ray_serve, report, server, speech, vision
 from compile import CompileOptions, Device, Precision, Progress, compile_model
 
 GOALS = {
@@ -111,6 +112,9 @@ def run(out: Path, *, quick: bool, device: str, say: Callable[[str], None] = log
             asked = questions.compare(work, device=device, rounds=rounds, block=block, log=say)
             results["inprocess"] += [dataclasses.asdict(r) for r in asked]
         results["server"] = serve(minilm, work, quick=quick, device=device, say=say)
+        if not quick and device == "cpu" and find_spec("ray") is not None:
+            say("server: plain kiln against Ray Serve (default proxy, HAProxy), 1 and 2 replicas")
+            results["ray"] = ray_serve.run(4.0, work)
     results["goals_measured"] = goals(results)
     results["seconds"] = round(time.monotonic() - started, 1)
     (out / "benchmarks.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
@@ -122,8 +126,6 @@ def run(out: Path, *, quick: bool, device: str, say: Callable[[str], None] = log
 
 def generate(work: Path, *, quick: bool, say: Callable[[str], None]) -> list[generation.GenerationRow]:
     """Tokens/s and time to first token: tiny Llama and GPT-2, and SmolLM2-135M (full run only)."""
-    from importlib.util import find_spec
-
     import transformers
 
     build = tiny_model_builder()
