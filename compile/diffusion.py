@@ -4,6 +4,8 @@ The input is a diffusers `StableDiffusionPipeline` directory (`save_pretrained` 
 `model_index.json`, `text_encoder/`, `tokenizer/`, `unet/`, `vae/`, `scheduler/`). optimum's
 diffusion exporter (`get_diffusion_models_for_export`, what `main_export(task="text-to-image")`
 runs) gives the graphs; the VAE encoder is left out, text-to-image never encodes an image. The
+UNet is traced at an odd latent height (`odd_height`), so its upsampling follows the skip
+connections' sizes and width and height need only be multiples of 8, as in diffusers. The
 artifact is the layout `runtime.tasks.text_to_image` reads: the three graphs, `tokenizer/tokenizer.json`
 (converted from the slow CLIP tokenizer's vocab and merges by transformers when the pipeline has
 no `tokenizer.json`), `scheduler/scheduler_config.json` (the config diffusers' pipeline ends up
@@ -11,7 +13,8 @@ with, after its own fixes such as `steps_offset`), `config.json` (`DiffusionInfo
 
 The gates, fp32 only:
 - each graph against its PyTorch module on the same inputs (prompts; latents of the default size
-  and of a non-square one; an integer and a fractional timestep): max abs difference over the
+  and of a non-square one, one `size_multiple` off, which for SD 1.x/2.x is not a multiple of
+  the UNet's down factor; an integer and a fractional timestep): max abs difference over the
   largest reference value where that is above 1, at most `GRAPH_MAX_ABS`;
 - the fast tokenizer gives the slow one's ids, padded to the text encoder's length;
 - the whole loop: the runtime's numpy pipeline against diffusers' `StableDiffusionPipeline` with
@@ -127,6 +130,8 @@ def export(pipe: Any, artifact: Path, opset: int | None, log: Log) -> None:
     from optimum.exporters.utils import get_diffusion_models_for_export
 
     models = get_diffusion_models_for_export(pipe, exporter="onnx")
+    unet_config = models["unet"][1]
+    unet_config.generate_dummy_inputs = odd_height(unet_config.generate_dummy_inputs)
     for name, path in GRAPHS.items():
         start = time.perf_counter()
         with captured() as output:
@@ -135,6 +140,26 @@ def export(pipe: Any, artifact: Path, opset: int | None, log: Log) -> None:
             except Exception as exc:
                 raise CompileFailed(f"optimum cannot export the {name}: {exc}\n{output.read()}") from None
         log(f"{name}: exported to {path} ({time.perf_counter() - start:.1f} s)")
+
+
+def odd_height(generate: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """optimum's UNet example inputs with the latent height made odd (one row dropped).
+
+    diffusers' `UNet2DConditionModel.forward` upsamples by exact factors of two when the latent
+    size is a multiple of `2 ** num_upsamplers`, and otherwise to the size of the skip connection
+    each up block joins (`forward_upsample_size`). An odd height is a multiple of no power of two,
+    so the tracer records the second path: each `Resize` takes its sizes from the skip tensor's
+    shape, and the graph runs at every latent size, as PyTorch does (a downsampling convolution
+    rounds odd sizes up; the upsampling goes back to the skip's size, not to twice its input).
+    """
+
+    def generate_odd(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        inputs = generate(*args, **kwargs)
+        if inputs["sample"].shape[2] % 2 == 0:
+            inputs["sample"] = inputs["sample"][:, :, 1:]
+        return inputs
+
+    return generate_odd
 
 
 def write_tokenizer(model_dir: Path, pipe: Any, artifact: Path) -> tuple[Any, TokenizerInfo]:
@@ -157,15 +182,13 @@ def describe(pipe: Any) -> DiffusionInfo:
     and `__call__`."""
     vae, unet = pipe.vae.config, pipe.unet.config
     vae_scale_factor = 2 ** (len(vae.block_out_channels) - 1)
-    down = 2 ** (len(unet.down_block_types) - 1)
     height, width = (unet.sample_size,) * 2 if isinstance(unet.sample_size, int) else unet.sample_size
-    multiple = math.lcm(8, vae_scale_factor * down)
     return DiffusionInfo(
         pipeline=type(pipe).__name__,
         latent_channels=int(unet.in_channels),
         vae_scaling_factor=float(vae.scaling_factor),
         vae_scale_factor=vae_scale_factor,
-        size_multiple=multiple,
+        size_multiple=math.lcm(8, vae_scale_factor),
         default_height=int(height) * vae_scale_factor,
         default_width=int(width) * vae_scale_factor,
         default_steps=DEFAULT_STEPS,

@@ -14,9 +14,10 @@ Where it differs from diffusers, on purpose:
   that seed (given the same latents, the images agree: `StableDiffusion.generate(latents=...)`);
 - one image per request (`num_images_per_prompt` 1), no `guidance_rescale`, `clip_skip`, LoRA or
   IP-adapter, and no safety checker (the artifact carries none);
-- width and height must be multiples of the artifact's `size_multiple`: 8 as diffusers asks, and
-  the UNet's whole down factor (64 for SD 1.x/2.x), since the exported graph traced its upsampling
-  at exact factors of two.
+- width and height must be multiples of the artifact's `size_multiple`: 8 as diffusers asks (and
+  the VAE's factor). The UNet graph upsamples to its skip connections' sizes, as diffusers' UNet
+  does at sizes that are not multiples of its whole down factor, so any such size runs; artifacts
+  compiled before that traced exact factors of two and carry 64 (SD 1.x/2.x) here.
 
 The artifact (written by `compile.diffusion`): `text_encoder/model.onnx`, `unet/model.onnx` (the
 manifest's `model_file`), `vae_decoder/model.onnx`, `tokenizer/tokenizer.json`,
