@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from benchmarks import diffusion
 from benchmarks.batching import artifact_name, pair
 
 CHARTS = ("latency_by_shape.png", "speedup_by_task.png", "throughput_by_concurrency.png")
@@ -200,6 +201,7 @@ def markdown(results: dict[str, Any]) -> str:
         )
     lines += _vision(results)
     lines += _speech(results)
+    lines += diffusion.markdown(results.get("diffusion", {}))
     if results.get("generation"):
         lines += [
             "",

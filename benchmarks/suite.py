@@ -21,7 +21,19 @@ from pathlib import Path
 from typing import Any
 
 import runtime
-from benchmarks import batching, generation, inprocess, machine, questions, ray_serve, report, server, speech, vision
+from benchmarks import (
+    batching,
+    diffusion,
+    generation,
+    inprocess,
+    machine,
+    questions,
+    ray_serve,
+    report,
+    server,
+    speech,
+    vision,
+)
 from compile import CompileOptions, Device, Precision, Progress, compile_model
 
 GOALS = {
@@ -30,6 +42,7 @@ GOALS = {
     "server_overhead_ms": 1.0,
     "vision_fp32_speedup": 1.5,
     "speech_fp32_speedup": 1.5,
+    "diffusion_fp32_speedup": diffusion.GOAL,
     "batching_x16_short_speedup": 2.0,
     "batching_x1_p50_penalty_ms": 0.3,
 }
@@ -108,6 +121,7 @@ def run(out: Path, *, quick: bool, device: str, say: Callable[[str], None] = log
         results["vision"] = classify_images(work, quick=quick, device=device, rounds=rounds, block=block, say=say)
         results["generation"] = [dataclasses.asdict(r) for r in generate(work, quick=quick, say=say)]
         results["speech"] = [dataclasses.asdict(r) for r in transcribe(work, quick=quick, device=device, say=say)]
+        results["diffusion"] = diffusion.run(work, quick=quick, device=device, say=say)
         if not quick:
             asked = questions.compare(work, device=device, rounds=rounds, block=block, log=say)
             results["inprocess"] += [dataclasses.asdict(r) for r in asked]
@@ -343,6 +357,7 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
         ],
         *[vision_goal(model, vision_rows) for model in dict.fromkeys(r["model"] for r in vision_rows)],
         *speech_goals(results.get("speech", [])),
+        *diffusion.goals(results.get("diffusion", {})),
         {
             "goal": "server overhead (HTTP p50 - in-process p50)",
             "target": "<= 1 ms",

@@ -188,7 +188,8 @@ def test_usage_errors_exit_2_with_one_line_and_create_nothing(
     result = kiln(*map(fill, args), timeout=60, KILN_CACHE=str(tmp_path / "cache"), **env)
     assert result.returncode == 2, result.stderr
     said = one_line(result)
-    assert said.startswith(fill(line)) and len(said) < 500 and "Traceback" not in result.stderr
+    # one line that says what to do (the longest names the 22 tasks kiln compiles), never a dump
+    assert said.startswith(fill(line)) and len(said) < 800 and "Traceback" not in result.stderr
     assert (sorted(tmp_path.rglob("*")), sorted(model.rglob("*"))) == before
 
 
