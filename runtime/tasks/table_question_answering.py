@@ -36,6 +36,39 @@ class TableQuestionAnsweringParameters(msgspec.Struct, forbid_unknown_fields=Tru
     truncation: bool | str = True  # drop_rows_to_fit, the pipeline's default for TAPAS
 
 
+def table_requests(inputs: Any) -> list[tuple[Table, list[str]]]:
+    """(table, questions) of each input, in every form the pipeline takes (TAPAS and TAPEX alike):
+    `{"table", "query" or "question"}` or a list of those, a question or a list of them."""
+    items = [inputs] if isinstance(inputs, dict) else inputs
+    if not isinstance(items, list) or not items:
+        raise InvalidInput('table-question-answering takes {"table": {column: [cells]}, "query": ...}, or a list')
+    requests: list[tuple[Table, list[str]]] = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise InvalidInput(f"input {index} must be an object with `table` and `query`; got {type_name(item)}")
+        table, queries = item.get("table"), item.get("query", item.get("question"))
+        if not isinstance(table, dict) or not table:
+            raise InvalidInput(f"input {index} needs `table`: an object of columns, each a list of cells")
+        questions = [queries] if isinstance(queries, str) else queries
+        if not isinstance(questions, list) or not questions or not all(isinstance(q, str) and q for q in questions):
+            raise InvalidInput(f"input {index} needs `query` (or `question`): a non-empty string, or a list of them")
+        requests.append((table_cells(table, index), questions))
+    return requests
+
+
+def table_cells(table: dict[str, Any], index: int) -> dict[str, list[str]]:
+    """The table's cells as strings (the pipeline's DataFrame of strings); numbers are written as
+    Python writes them, other values are refused."""
+    columns: dict[str, list[str]] = {}
+    for name, cells in table.items():
+        if not isinstance(cells, list):
+            raise InvalidInput(f"column {name!r} of input {index} must be a list of cells; got {type_name(cells)}")
+        if any(isinstance(cell, (dict, list)) for cell in cells):
+            raise InvalidInput(f"column {name!r} of input {index} holds a cell that is not text or a number")
+        columns[str(name)] = ["" if cell is None else str(cell) for cell in cells]
+    return columns
+
+
 @register("table-question-answering")
 class TableQuestionAnsweringPipeline(Pipeline):
     input_kind: ClassVar[InputKind] = InputKind.TABLE
@@ -55,38 +88,8 @@ class TableQuestionAnsweringPipeline(Pipeline):
         self.aggregation = Aggregation.from_config(self.config)
         self.max_positions = int(self.config.get("max_position_embeddings") or 1024)
 
-    def requests(self, inputs: Any) -> list[tuple[Table, list[str] | str]]:
-        """(table, questions) of each input."""
-        items = [inputs] if isinstance(inputs, dict) else inputs
-        if not isinstance(items, list) or not items:
-            raise InvalidInput('table-question-answering takes {"table": {column: [cells]}, "query": ...}, or a list')
-        requests: list[tuple[Table, list[str] | str]] = []
-        for index, item in enumerate(items):
-            if not isinstance(item, dict):
-                raise InvalidInput(f"input {index} must be an object with `table` and `query`; got {type_name(item)}")
-            table, queries = item.get("table"), item.get("query", item.get("question"))
-            if not isinstance(table, dict) or not table:
-                raise InvalidInput(f"input {index} needs `table`: an object of columns, each a list of cells")
-            if not (isinstance(queries, str) or (isinstance(queries, list) and queries)):
-                raise InvalidInput(f"input {index} needs `query` (or `question`): a string or a list of strings")
-            requests.append((self._cells(table, index), queries))
-        return requests
-
-    @staticmethod
-    def _cells(table: dict[str, Any], index: int) -> dict[str, list[str]]:
-        """The table's cells as strings (the pipeline's DataFrame of strings); numbers are written as
-        Python writes them, other values are refused."""
-        columns: dict[str, list[str]] = {}
-        for name, cells in table.items():
-            if not isinstance(cells, list):
-                raise InvalidInput(f"column {name!r} of input {index} must be a list of cells; got {type_name(cells)}")
-            if any(isinstance(cell, (dict, list)) for cell in cells):
-                raise InvalidInput(f"column {name!r} of input {index} holds a cell that is not text or a number")
-            columns[str(name)] = ["" if cell is None else str(cell) for cell in cells]
-        return columns
-
     def predict(self, inputs: Any, params: TableQuestionAnsweringParameters) -> Any:
-        requests = self.requests(inputs)
+        requests = table_requests(inputs)
         encodings = [
             self.encoder.encode(table, queries, padding=params.padding, truncation=params.truncation)
             for table, queries in requests
@@ -99,13 +102,13 @@ class TableQuestionAnsweringPipeline(Pipeline):
                 "allow truncation or send a smaller table"
             )
         results = []
-        for (table, queries), encoding in zip(requests, encodings):
+        for (table, _), encoding in zip(requests, encodings):
             if params.sequential:
                 logits, aggregations = sequential_logits(encoding, self._run)
             else:
                 logits, aggregations = self._batched(encoding)
             found = answers(table, *predict_cells(encoding, logits, aggregations), self.aggregation)
-            results.append(found if isinstance(queries, list) and len(found) > 1 else found[0])
+            results.append(found if len(found) > 1 else found[0])
         return results[0] if len(results) == 1 else results
 
     def _batched(self, encoding: TableEncoding) -> tuple[np.ndarray, np.ndarray | None]:

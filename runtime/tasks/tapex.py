@@ -25,8 +25,8 @@ from runtime.artifact import Manifest
 from runtime.errors import InvalidInput, InvalidParameter
 from runtime.session import SessionOptions
 from runtime.tables.tapex import Table, TapexEncoder, Truncation
-from runtime.tasks.base import InputKind, parse_parameters, type_name
-from runtime.tasks.table_question_answering import TableQuestionAnsweringPipeline
+from runtime.tasks.base import InputKind, parse_parameters
+from runtime.tasks.table_question_answering import TableQuestionAnsweringPipeline, table_requests
 from runtime.tasks.text_generation import GenerationParameters, Text2TextGenerationPipeline
 
 PIPELINE_NEW_TOKENS = 256  # `TableQuestionAnsweringPipeline._default_generation_config`
@@ -80,7 +80,7 @@ class TapexPipeline(Text2TextGenerationPipeline):
     def __call__(self, inputs: Any, **parameters: Any) -> Any:
         table_parameters = {name: parameters.pop(name) for name in TABLE_PARAMETERS if name in parameters}
         truncation = self.truncation(parse_parameters(TapexParameters, table_parameters).truncation)
-        requests = self.requests(inputs)
+        requests = table_requests(inputs)
         self.check_sequences(sum(len(queries) for _, queries in requests))
         prepared = [
             [self.prepare(Question(table, query, truncation), parameters) for query in queries]
@@ -99,27 +99,6 @@ class TapexPipeline(Text2TextGenerationPipeline):
             choices = ", ".join(repr(choice) for choice in TRUNCATIONS)
             raise InvalidParameter(f"`truncation` must be one of {choices}; got {value!r}")
         return found
-
-    @staticmethod
-    def requests(inputs: Any) -> list[tuple[Table, list[str]]]:
-        """(table, questions) of each input; cells as `TableQuestionAnsweringPipeline` reads them."""
-        items = [inputs] if isinstance(inputs, dict) else inputs
-        if not isinstance(items, list) or not items:
-            raise InvalidInput('table-question-answering takes {"table": {column: [cells]}, "query": ...}, or a list')
-        requests: list[tuple[Table, list[str]]] = []
-        for index, item in enumerate(items):
-            if not isinstance(item, dict):
-                raise InvalidInput(f"input {index} must be an object with `table` and `query`; got {type_name(item)}")
-            table, queries = item.get("table"), item.get("query", item.get("question"))
-            if not isinstance(table, dict) or not table:
-                raise InvalidInput(f"input {index} needs `table`: an object of columns, each a list of cells")
-            questions = [queries] if isinstance(queries, str) else queries
-            if not isinstance(questions, list) or not questions or not all(isinstance(q, str) and q for q in questions):
-                raise InvalidInput(
-                    f"input {index} needs `query` (or `question`): a non-empty string, or a list of them"
-                )
-            requests.append((TableQuestionAnsweringPipeline._cells(table, index), questions))
-        return requests
 
     def prompt_ids(self, inputs: Any, params: GenerationParameters) -> tuple[str, list[int]]:
         if not isinstance(inputs, Question):
