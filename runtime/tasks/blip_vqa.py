@@ -186,16 +186,11 @@ class BlipVisualQuestionAnswering(VisualQuestionAnsweringPipeline):
     def preprocess(
         self, inputs: Any, params: VisualQuestionAnsweringParameters
     ) -> tuple[list[dict[str, np.ndarray]], Any]:
-        pairs, single = self.pairs(inputs, params.question)
-        self.check_sequences(len(pairs))
-        assert self.tokenizer is not None
-        encodings = self.tokenizer.encode(
-            [question for _, question in pairs], truncation=params.truncation, too_long="ask a shorter question"
-        )
+        encoded, single = self.encoded_pairs(inputs, params)
         items = []
-        for index, ((image, _), encoding) in enumerate(zip(pairs, encodings)):
+        for image, encoding in encoded:
             ids = np.asarray(encoding.ids, dtype=np.int64)
-            pixels = self.processor([self._image(image, index)])["pixel_values"][0]
+            pixels = self.processor([image])["pixel_values"][0]
             items.append({"pixel_values": pixels, "input_ids": ids, "attention_mask": np.ones_like(ids)})
         return items, single
 

@@ -12,11 +12,13 @@ with `question=` (a string or a list: every question for every image); the image
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 import msgspec
 import numpy as np
+from PIL import Image
+from tokenizers import Encoding
 
 from runtime.artifact import Manifest
 from runtime.errors import ArtifactError, InvalidInput, InvalidParameter
@@ -82,18 +84,31 @@ class VisualQuestionAnsweringPipeline(ImagePipeline):
     ) -> tuple[list[dict[str, np.ndarray]], Any]:
         if params.top_k < 1:
             raise InvalidParameter(f"`top_k` must be at least 1; got {params.top_k}")
+        assert self.tokenizer is not None
+        encoded, single = self.encoded_pairs(inputs, params)
+        names = self.model.input_names
+        items = []
+        for image, encoding in encoded:
+            arrays = {**self.tokenizer.batch([encoding]), **self.processor([image])}
+            items.append({name: value[0] for name, value in arrays.items() if name in names})
+        return items, single
+
+    def encoded_pairs(
+        self, inputs: Any, params: VisualQuestionAnsweringParameters
+    ) -> tuple[Iterator[tuple[Image.Image, Encoding]], bool]:
+        """Each (image, question) pair as its RGB image and its question's encoding, and whether one
+        answer list is wanted. The pairs are counted and the questions encoded at once; each image
+        is decoded only as the caller reaches it, so a request never holds all of them decoded."""
         pairs, single = self.pairs(inputs, params.question)
         self.check_sequences(len(pairs))
         assert self.tokenizer is not None
         encodings = self.tokenizer.encode(
             [question for _, question in pairs], truncation=params.truncation, too_long="ask a shorter question"
         )
-        items = []
-        names = self.model.input_names
-        for index, ((image, _), encoding) in enumerate(zip(pairs, encodings)):
-            arrays = {**self.tokenizer.batch([encoding]), **self.processor([self._image(image, index)])}
-            items.append({name: value[0] for name, value in arrays.items() if name in names})
-        return items, single
+        decoded = (
+            (self._image(image, index), encoding) for index, ((image, _), encoding) in enumerate(zip(pairs, encodings))
+        )
+        return decoded, single
 
     def core(self, items: Sequence[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         return self.run_same_shapes(items)
