@@ -46,34 +46,21 @@ def test_kiln_serve_with_replicas_serves_and_stops_cleanly(
 ) -> None:
     """`kiln serve ART --replicas 1`: a local cluster, the answer of the compiled pipeline, and on
     SIGTERM a drained, stopped cluster and exit status 0 (first in this module: its own cluster)."""
-    import subprocess
+    from tests.conftest import Server, offline_env
 
-    from tests.conftest import KILN, ROOT, offline_env
-
-    port = free_port()
-    log = (tmp_path / "ray-serve.log").open("wb")
-    command = [*KILN, "serve", str(artifacts[TASK, ARCH]), "--replicas", "1", "--port", str(port)]
-    process = subprocess.Popen(command, cwd=ROOT, env=offline_env(RAY_AUTH_MODE="disabled"), stdout=log, stderr=log)
+    args = [str(artifacts[TASK, ARCH]), "--replicas", "1"]
+    server = Server(args, offline_env(RAY_AUTH_MODE="disabled"), tmp_path / "ray-serve.log")
     try:
-        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 180
-        while True:
-            assert process.poll() is None, (tmp_path / "ray-serve.log").read_text()
-            assert time.monotonic() < deadline, "not ready after 180 s"
-            try:
-                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(1)
-        response = httpx.post(url, json={"inputs": TEXTS[0]}, timeout=30)
+        server.wait_ready(timeout=180)
+        response = httpx.post(server.url, json={"inputs": TEXTS[0]}, timeout=30)
         assert_same(response.json(), runtime.load(artifacts[TASK, ARCH])(TEXTS[0]), atol=1e-5)
-        assert httpx.get(f"{url}/info", timeout=30).json()["replica"]["running"] == 1
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=120) == 0
+        assert httpx.get(f"{server.url}/info", timeout=30).json()["replica"]["running"] == 1
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=120) == 0
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait()
 
 
 @pytest.fixture(scope="module")
