@@ -1,29 +1,33 @@
-"""Compiling a Stable Diffusion 1.x/2.x pipeline for text-to-image, and checking it against diffusers.
+"""Compiling a Stable Diffusion 1.x/2.x or SDXL pipeline for text-to-image, and checking it against diffusers.
 
-The input is a diffusers `StableDiffusionPipeline` directory (`save_pretrained` layout:
-`model_index.json`, `text_encoder/`, `tokenizer/`, `unet/`, `vae/`, `scheduler/`). optimum's
+The input is a diffusers `StableDiffusionPipeline` or `StableDiffusionXLPipeline` directory
+(`save_pretrained` layout: `model_index.json`, `text_encoder/`, `tokenizer/`, `unet/`, `vae/`,
+`scheduler/`; SDXL adds `text_encoder_2/` and `tokenizer_2/`). optimum's
 diffusion exporter (`get_diffusion_models_for_export`, what `main_export(task="text-to-image")`
 runs) gives the graphs; the VAE encoder is left out, text-to-image never encodes an image. The
 UNet is traced at an odd latent height (`odd_height`), so its upsampling follows the skip
 connections' sizes and width and height need only be multiples of 8, as in diffusers. The
-artifact is the layout `runtime.tasks.text_to_image` reads: the three graphs, `tokenizer/tokenizer.json`
-(converted from the slow CLIP tokenizer's vocab and merges by transformers when the pipeline has
-no `tokenizer.json`), `scheduler/scheduler_config.json` (the config diffusers' pipeline ends up
+artifact is the layout `runtime.tasks.text_to_image` reads: the graphs, `tokenizer/tokenizer.json`
+(and `tokenizer_2/`; converted from the slow CLIP tokenizer's vocab and merges by transformers
+when the pipeline has no `tokenizer.json`), `scheduler/scheduler_config.json` (the config diffusers' pipeline ends up
 with, after its own fixes such as `steps_offset`), `config.json` (`DiffusionInfo`) and the manifest.
 
 The gates, fp32 only:
-- each graph against its PyTorch module on the same inputs (prompts; latents of the default size
+- each graph against its PyTorch module on the same inputs (prompts: the hidden states the loop
+  takes and, for SDXL, the pooled embedding; latents of the default size
   and of a non-square one, one `size_multiple` off, which for SD 1.x/2.x is not a multiple of
   the UNet's down factor; an integer and a fractional timestep): max abs difference over the
   largest reference value where that is above 1, at most `GRAPH_MAX_ABS`;
-- the fast tokenizer gives the slow one's ids, padded to the text encoder's length;
+- each fast tokenizer gives the slow one's ids, padded to its text encoder's length;
 - the whole loop: the runtime's numpy pipeline against diffusers' `StableDiffusionPipeline` with
-  the same prompts, initial latents and scheduler, PSNR of the uint8 images at least
+  the same prompts, initial latents and scheduler (SDXL: `StableDiffusionXLPipeline`, no
+  watermark), PSNR of the uint8 images at least
   `IMAGE_MIN_PSNR` dB.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Callable
@@ -40,7 +44,7 @@ from compile.tasks import DIFFUSION_PIPELINES, diffusion_pipeline
 from runtime.artifact import MANIFEST, Manifest, Source, TokenizerInfo, Validation, sha256, write_manifest
 from runtime.diffusion.schedulers import scheduler_from_config
 from runtime.session import SessionOptions
-from runtime.tasks.text_to_image import GRAPHS, SCHEDULER, TOKENIZER, DiffusionInfo, StableDiffusion
+from runtime.tasks.text_to_image import GRAPHS, SCHEDULER, DiffusionInfo, StableDiffusion, TextEncoderInfo
 from runtime.versions import installed
 
 GRAPH_MAX_ABS = 1e-3  # scaled by the largest reference value when that is above 1
@@ -67,30 +71,31 @@ def build(
 ) -> tuple[Manifest, list[str]]:
     """Export, validate and write a complete artifact (manifest last) into `artifact` (new or empty);
     the figures' lines come back for the report. Raises `UnsupportedModel` for pipelines other than
-    SD 1.x/2.x and `ValidationFailed` past a gate."""
+    SD 1.x/2.x and SDXL, and `ValidationFailed` past a gate."""
     if options.precision not in (Precision.AUTO, Precision.FP32) or options.optimize not in (None, Optimization.NONE):
         raise CompileFailed(
             "text-to-image compiles to fp32 without graph optimization for now; drop --precision/--optimize"
         )
-    if diffusion_pipeline(model_dir) not in DIFFUSION_PIPELINES:
+    kind = diffusion_pipeline(model_dir)
+    if kind not in DIFFUSION_PIPELINES:
         raise UnsupportedModel(
             f"{model_dir.name} is not a diffusers pipeline of a kind kiln compiles: {', '.join(DIFFUSION_PIPELINES)}"
         )
-    pipe = load_pipeline(model_dir)
+    pipe = load_pipeline(model_dir, kind)
     try:
         scheduler_from_config(pipe.scheduler.config)
     except ValueError as exc:
         raise UnsupportedModel(f"kiln's numpy schedulers cannot run {model_dir.name}'s scheduler: {exc}") from None
     artifact.mkdir(parents=True, exist_ok=True)
-    export(pipe, artifact, options.opset, log)
-    tokenizer, info = write_tokenizer(model_dir, pipe, artifact)
+    tokenizers, infos = write_tokenizers(model_dir, pipe, artifact)
+    description = describe(pipe, infos)
+    export(pipe, description, artifact, options.opset, log)
     (artifact / SCHEDULER).parent.mkdir(parents=True, exist_ok=True)
     (artifact / SCHEDULER).write_text(pipe.scheduler.to_json_string())
-    description = describe(pipe)
     (artifact / "config.json").write_bytes(msgspec.json.format(msgspec.json.encode(description), indent=2))
     session = SessionOptions(device=str(options.device))
-    engine = StableDiffusion.load(artifact, info, session)
-    lines, graphs = validate_graphs(pipe, engine, tokenizer, log)
+    engine = StableDiffusion.load(artifact, infos[0], session)
+    lines, graphs = validate_graphs(pipe, engine, tokenizers, log)
     images = validate_pipeline(pipe, engine, log)
     lines.append(f"whole pipeline, {VALIDATION_STEPS} steps of {pipe.scheduler.__class__.__name__}: " + ", ".join(
         f"{name} PSNR {value:.1f} dB" for name, value in images.items()
@@ -100,39 +105,43 @@ def build(
     gate = f"each graph max abs diff <= {GRAPH_MAX_ABS:g} (scaled); images PSNR >= {IMAGE_MIN_PSNR:g} dB vs diffusers"
     if worst_graph > GRAPH_MAX_ABS or worst_psnr < IMAGE_MIN_PSNR:
         raise ValidationFailed("the compiled pipeline does not match diffusers:\n  " + "\n  ".join(lines))
-    manifest = write(artifact, source, options, key, started, info, gate, graphs, images)
+    manifest = write(artifact, source, options, key, started, infos[0], description, gate, graphs, images)
     return manifest, lines
 
 
-def load_pipeline(model_dir: Path) -> Any:
-    """diffusers' pipeline in fp32 on CPU, without the safety checker (never exported)."""
+def load_pipeline(model_dir: Path, kind: str) -> Any:
+    """diffusers' pipeline of class `kind` in fp32 on CPU, without the safety checker (never
+    exported) or SDXL's invisible watermark (not part of the model)."""
     try:
         import diffusers
     except ImportError:
         raise CompileFailed("text-to-image needs diffusers: pip install 'kiln[compile]'") from None
+    xl = kind == "StableDiffusionXLPipeline"
+    extras = {"add_watermarker": False} if xl else {"safety_checker": None, "requires_safety_checker": False}
     with captured():
-        pipe = diffusers.StableDiffusionPipeline.from_pretrained(  # type: ignore[no-untyped-call]
-            model_dir, safety_checker=None, requires_safety_checker=False
-        )
+        pipe = getattr(diffusers, kind).from_pretrained(model_dir, **extras)
     pipe.set_progress_bar_config(disable=True)
     unet = pipe.unet.config
-    if unet.get("time_cond_proj_dim") is not None or unet.get("addition_embed_type") is not None:
+    added = unet.get("addition_embed_type")
+    if unet.get("time_cond_proj_dim") is not None or added != ("text_time" if xl else None):
         raise UnsupportedModel(
-            f"{model_dir.name}'s UNet takes extra conditioning (a distilled guidance embedding or SDXL's "
-            "added time ids), which kiln's text-to-image loop does not feed"
+            f"{model_dir.name}'s UNet takes conditioning kiln's text-to-image loop does not feed "
+            f"(time_cond_proj_dim {unet.get('time_cond_proj_dim')}, addition_embed_type {added!r})"
         )
+    if xl and (pipe.text_encoder is None or pipe.config.get("requires_aesthetics_score")):
+        raise UnsupportedModel(f"{model_dir.name} is an SDXL refiner (one text encoder, aesthetic score): not compiled")
     return pipe
 
 
-def export(pipe: Any, artifact: Path, opset: int | None, log: Log) -> None:
-    """One ONNX graph per component of `GRAPHS`, with optimum's diffusion export configs."""
+def export(pipe: Any, description: DiffusionInfo, artifact: Path, opset: int | None, log: Log) -> None:
+    """One ONNX graph per component the description names, with optimum's diffusion export configs."""
     from optimum.exporters.onnx.convert import export_models
     from optimum.exporters.utils import get_diffusion_models_for_export
 
     models = get_diffusion_models_for_export(pipe, exporter="onnx")
     unet_config = models["unet"][1]
     unet_config.generate_dummy_inputs = odd_height(unet_config.generate_dummy_inputs)
-    for name, path in GRAPHS.items():
+    for name, path in description.graphs().items():
         start = time.perf_counter()
         with captured() as output:
             try:
@@ -162,27 +171,50 @@ def odd_height(generate: Callable[..., dict[str, Any]]) -> Callable[..., dict[st
     return generate_odd
 
 
-def write_tokenizer(model_dir: Path, pipe: Any, artifact: Path) -> tuple[Any, TokenizerInfo]:
-    """`tokenizer/tokenizer.json`: the pipeline's own, or transformers' conversion of the slow CLIP
-    tokenizer; and the facts the runtime pads with."""
+def text_encoder_names(pipe: Any) -> list[str]:
+    """The pipeline's text encoders, in the order diffusers joins their hidden states."""
+    return [name for name in ("text_encoder", "text_encoder_2") if getattr(pipe, name, None) is not None]
+
+
+def write_tokenizers(model_dir: Path, pipe: Any, artifact: Path) -> tuple[list[Any], list[TokenizerInfo]]:
+    """`tokenizer/tokenizer.json` (and `tokenizer_2/`): the pipeline's own, or transformers'
+    conversion of the slow CLIP tokenizer; and the facts the runtime pads each with."""
     import transformers
 
-    with captured():
-        fast = transformers.AutoTokenizer.from_pretrained(model_dir / "tokenizer", use_fast=True)  # type: ignore[no-untyped-call]
-    if not fast.is_fast:
-        raise CompileFailed(f"{model_dir.name}'s tokenizer has no fast version that transformers can convert to")
-    target = artifact / TOKENIZER
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fast.backend_tokenizer.save(str(target))
-    return fast, tokenizer_info(fast, pipe.text_encoder.config)
+    fasts, infos = [], []
+    for encoder in text_encoder_names(pipe):
+        folder = encoder.replace("text_encoder", "tokenizer")
+        with captured():
+            fast = transformers.AutoTokenizer.from_pretrained(model_dir / folder, use_fast=True)  # type: ignore[no-untyped-call]
+        if not fast.is_fast:
+            raise CompileFailed(f"{model_dir.name}'s {folder} has no fast version that transformers can convert to")
+        target = artifact / folder / "tokenizer.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fast.backend_tokenizer.save(str(target))
+        fasts.append(fast)
+        infos.append(tokenizer_info(fast, getattr(pipe, encoder).config))
+    return fasts, infos
 
 
-def describe(pipe: Any) -> DiffusionInfo:
-    """The facts the loop needs, as diffusers derives them in `StableDiffusionPipeline.__init__`
-    and `__call__`."""
+def describe(pipe: Any, tokenizers: list[TokenizerInfo]) -> DiffusionInfo:
+    """The facts the loop needs, as diffusers derives them in the pipeline's `__init__` and
+    `__call__`; `tokenizers`: each text encoder's padding facts (the first one's go in the manifest)."""
     vae, unet = pipe.vae.config, pipe.unet.config
     vae_scale_factor = 2 ** (len(vae.block_out_channels) - 1)
     height, width = (unet.sample_size,) * 2 if isinstance(unet.sample_size, int) else unet.sample_size
+    xl = unet.get("addition_embed_type") == "text_time"
+    encoders = []
+    for index, name in enumerate(text_encoder_names(pipe)):
+        layers = getattr(pipe, name).config.num_hidden_layers
+        tokenizer = name.replace("text_encoder", "tokenizer")
+        encoders.append(
+            TextEncoderInfo(
+                graph=f"{name}/model.onnx", tokenizer=f"{tokenizer}/tokenizer.json",
+                tokenizer_info=tokenizers[index] if index else None,
+                hidden_states=f"hidden_states.{layers - 1}" if xl else "last_hidden_state",  # diffusers' [-2]
+                pooled="text_embeds" if xl and name == "text_encoder_2" else None,
+            )
+        )  # fmt: skip
     return DiffusionInfo(
         pipeline=type(pipe).__name__,
         latent_channels=int(unet.in_channels),
@@ -192,6 +224,12 @@ def describe(pipe: Any) -> DiffusionInfo:
         default_height=int(height) * vae_scale_factor,
         default_width=int(width) * vae_scale_factor,
         default_steps=DEFAULT_STEPS,
+        default_guidance_scale=float(inspect.signature(type(pipe).__call__).parameters["guidance_scale"].default),
+        text_encoders=encoders,
+        time_ids=xl,
+        force_zeros_for_empty_prompt=bool(pipe.config.get("force_zeros_for_empty_prompt", False)),
+        vae_latents_mean=vae.get("latents_mean"),
+        vae_latents_std=vae.get("latents_std"),
     )
 
 
@@ -204,41 +242,57 @@ def _compare(reference: np.ndarray, got: np.ndarray) -> tuple[float, float]:
 
 
 def validate_graphs(
-    pipe: Any, engine: StableDiffusion, tokenizer: Any, log: Log
+    pipe: Any, engine: StableDiffusion, tokenizers: list[Any], log: Log
 ) -> tuple[list[str], dict[str, tuple[float, float]]]:
     """Each graph against its PyTorch module on the same inputs: (scaled max abs diff, min cosine)."""
     import torch
 
     info = engine.info
     rng = np.random.default_rng(0)
-    length = engine.tokenizer.max_length
     texts = [*PROMPTS, NEGATIVE, "", " ".join(PROMPTS * 8)]  # the last one is truncated
-    slow = pipe.tokenizer(texts, padding="max_length", max_length=length, truncation=True, return_tensors="np")
-    ids = np.asarray(slow["input_ids"], dtype=np.int64)
-    fast = np.asarray(tokenizer(texts, padding="max_length", max_length=length, truncation=True)["input_ids"])
-    served = engine.tokenizer.batch(engine.tokenizer.encode(texts), width=length)["input_ids"]
-    if not (np.array_equal(ids, fast) and np.array_equal(ids, served)):
-        raise ValidationFailed(
-            "the converted tokenizer does not give the pipeline tokenizer's ids on the checked prompts"
-        )
-    with torch.inference_mode():
-        hidden = pipe.text_encoder(torch.from_numpy(ids))[0].numpy()
-    figures = {"text_encoder": _compare(hidden, engine.text_encoder.run({"input_ids": ids})["last_hidden_state"])}
+    figures: dict[str, tuple[float, float]] = {}
+    joined, pooled = [], None
+    for name, encoder, fast_tokenizer in zip(text_encoder_names(pipe), engine.text_encoders, tokenizers):
+        slow_tokenizer, module = getattr(pipe, name.replace("text_encoder", "tokenizer")), getattr(pipe, name)
+        length = encoder.tokenizer.max_length
+        slow = slow_tokenizer(texts, padding="max_length", max_length=length, truncation=True, return_tensors="np")
+        ids = np.asarray(slow["input_ids"], dtype=np.int64)
+        fast = np.asarray(fast_tokenizer(texts, padding="max_length", max_length=length, truncation=True)["input_ids"])
+        served = encoder.tokenizer.batch(encoder.tokenizer.encode(texts), width=length)["input_ids"]
+        if not (np.array_equal(ids, fast) and np.array_equal(ids, served)):
+            raise ValidationFailed(
+                f"the {name}'s converted tokenizer does not give the pipeline tokenizer's ids on the checked prompts"
+            )
+        with torch.inference_mode():
+            out = module(torch.from_numpy(ids), output_hidden_states=True)
+        hidden = (out.hidden_states[-2] if info.time_ids else out[0]).numpy()
+        got = encoder.graph.run({"input_ids": ids})
+        figures[name] = _compare(hidden, got[encoder.info.hidden_states])
+        joined.append(hidden)
+        if encoder.info.pooled is not None:
+            reference = out[0].numpy()
+            figures[f"{name} (pooled)"] = _compare(reference, got[encoder.info.pooled])
+            pooled = reference if pooled is None else pooled
+    hidden = np.concatenate(joined, axis=-1)
     height, width = info.default_height // info.vae_scale_factor, info.default_width // info.vae_scale_factor
     step = info.size_multiple // info.vae_scale_factor
     sizes = [(height, width), (max(step, height - step), width + step)]
     unet: list[tuple[float, float]] = []
     for size, timestep in zip([*sizes, sizes[0]], TIMESTEPS):
         latents = rng.standard_normal((2, info.latent_channels, *size), dtype=np.float32)
+        conditioning = {"encoder_hidden_states": hidden[:2]}
+        if info.time_ids:
+            assert pooled is not None  # describe() names the second encoder's text_embeds
+            height_px, width_px = (side * info.vae_scale_factor for side in size)
+            sizes_ids = np.asarray([[height_px, width_px, 0, 0, height_px, width_px]] * 2, dtype=np.float32)
+            conditioning |= {"text_embeds": pooled[:2], "time_ids": sizes_ids}
+        tensors = {key: torch.from_numpy(value) for key, value in conditioning.items()}
+        added = {key: tensors.pop(key) for key in ("text_embeds", "time_ids") if key in tensors}
         with torch.inference_mode():
             want = pipe.unet(
-                torch.from_numpy(latents), torch.tensor(timestep), encoder_hidden_states=torch.from_numpy(hidden[:2])
+                torch.from_numpy(latents), torch.tensor(timestep), **tensors, added_cond_kwargs=added or None
             ).sample.numpy()
-        feeds = {
-            "sample": latents,
-            "timestep": np.asarray(timestep, dtype=np.float32),
-            "encoder_hidden_states": hidden[:2],
-        }
+        feeds = {"sample": latents, "timestep": np.asarray(timestep, dtype=np.float32), **conditioning}
         unet.append(_compare(want, engine.unet.run(feeds)["out_sample"]))
     vae: list[tuple[float, float]] = []
     for size in sizes:
@@ -250,7 +304,7 @@ def validate_graphs(
     figures["unet"] = max(d for d, _ in unet), min(c for _, c in unet)
     figures["vae_decoder"] = max(d for d, _ in vae), min(c for _, c in vae)
     cases = {
-        "text_encoder": f"{len(texts)} prompts",
+        **{name: f"{len(texts)} prompts" for name in figures if name.startswith("text_encoder")},
         "unet": f"latents {sizes[0]} and {sizes[1]}, timesteps {TIMESTEPS}",
         "vae_decoder": f"latents {sizes[0]} and {sizes[1]}",
     }
@@ -315,6 +369,7 @@ def write(
     key: str,
     started: float,
     info: TokenizerInfo,
+    description: DiffusionInfo,
     gate: str,
     graphs: dict[str, tuple[float, float]],
     psnr: dict[str, float],
@@ -348,7 +403,7 @@ def write(
         versions=installed("onnxruntime", "onnxruntime-gpu", "onnx", "optimum", "optimum-onnx", "diffusers",
                            "transformers", "torch", "tokenizers"),
         choice={"rule": CHOICE_RULE, "order": ["fp32-none"], "tried": {"fp32-none": measured}},
-        graphs=dict(GRAPHS),
+        graphs=description.graphs(),
         compile_seconds=round(time.perf_counter() - started, 2),
         config_hash=key,
     )  # fmt: skip

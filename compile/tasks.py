@@ -200,7 +200,7 @@ def model_type(model_dir: Path) -> str | None:
     return value if isinstance(value, str) else None
 
 
-DIFFUSION_PIPELINES = ("StableDiffusionPipeline",)
+DIFFUSION_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 """The diffusers pipeline classes (`model_index.json`'s `_class_name`) that kiln compiles."""
 
 

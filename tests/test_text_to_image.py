@@ -6,7 +6,10 @@ tokenizer written here (byte-level alphabet, merges learned from a few words). T
 graph within 1e-4 of PyTorch (max abs; the compile gate is 1e-3, scaled), and the served images
 within `IMAGE_MIN_PSNR` (35 dB) of diffusers' on uint8 pixels, for four schedulers. A second
 pipeline, the same with a UNet of four levels, checks sizes that are multiples of 8 pixels but not
-of the UNet's whole down factor: graph and image against diffusers, same tolerances.
+of the UNet's whole down factor: graph and image against diffusers, same tolerances. A third, the
+SDXL pipeline of diffusers' tests (two text encoders, the second tokenizer padding with "!", a UNet
+with pooled-text and size conditioning), compiled with its task inferred, against
+`StableDiffusionXLPipeline` on the same latents.
 """
 
 from __future__ import annotations
@@ -82,8 +85,8 @@ def latents_for(seed: int, height: int, width: int) -> np.ndarray:
 
 
 def diffusers_image(reference: Any, scheduler: str, seed: int, height: int = 64, width: int = 64, **kwargs: Any) -> Any:
-    base = reference.scheduler.config
-    reference.scheduler = getattr(diffusers, scheduler).from_config(base)
+    original = reference.scheduler
+    reference.scheduler = getattr(diffusers, scheduler).from_config(original.config)
     try:
         with torch.inference_mode():
             return reference(
@@ -91,7 +94,7 @@ def diffusers_image(reference: Any, scheduler: str, seed: int, height: int = 64,
                 num_inference_steps=STEPS, output_type="pil", **kwargs,
             ).images[0]  # fmt: skip
     finally:
-        reference.scheduler = diffusers.PNDMScheduler.from_config(base)
+        reference.scheduler = original
 
 
 def pixels(image: Image.Image) -> np.ndarray:
@@ -155,11 +158,14 @@ def test_tokenizer_and_text_encoder_match_transformers(served: TextToImagePipeli
     texts = [PROMPT, "", "THE Cat, sat!", " ".join([PROMPT] * 12)]
     want = reference.tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="np")
     engine = served.engine
-    got = engine.tokenizer.batch(engine.tokenizer.encode(texts), width=77)["input_ids"]
+    (encoder,) = engine.text_encoders
+    got = encoder.tokenizer.batch(encoder.tokenizer.encode(texts), width=77)["input_ids"]
     np.testing.assert_array_equal(got, want["input_ids"])
     with torch.inference_mode():
         hidden = reference.text_encoder(torch.from_numpy(want["input_ids"]))[0].numpy()
-    np.testing.assert_allclose(engine.encode_prompt(texts), hidden, atol=GRAPH_MAX_ABS, rtol=0)
+    embeddings, pooled = engine.encode_prompt(texts)
+    np.testing.assert_allclose(embeddings, hidden, atol=GRAPH_MAX_ABS, rtol=0)
+    assert pooled is None
 
 
 @pytest.mark.parametrize(
@@ -396,3 +402,99 @@ def test_a_client_that_goes_away_stops_its_generation_and_frees_the_worker(serve
     assert 0 < done < 4000, done  # the abandoned one stopped early; the quick one ran
     time.sleep(1)
     assert steps_done() - before == done  # and nothing runs on
+
+
+@pytest.fixture(scope="module")
+def xl(
+    artifacts: Lazy[tuple[str, str], Path], tiny_models: Lazy[tuple[str, str], Path]
+) -> tuple[Path, TextToImagePipeline, Any]:
+    """The tiny SDXL pipeline compiled as `kiln compile` does (task inferred), served; and diffusers' pipeline."""
+    artifact = artifacts["text-to-image", "stable-diffusion-xl"]
+    pipe = runtime.load(artifact, threads=1, spinning=False)
+    assert isinstance(pipe, TextToImagePipeline)
+    reference = diffusers.StableDiffusionXLPipeline.from_pretrained(
+        tiny_models["text-to-image", "stable-diffusion-xl"], add_watermarker=False
+    )
+    reference.set_progress_bar_config(disable=True)
+    return artifact, pipe, reference
+
+
+def test_sdxl_artifact_and_graphs(xl: tuple[Path, TextToImagePipeline, Any]) -> None:
+    artifact, served, reference = xl
+    manifest = read_manifest(artifact)
+    assert set(manifest.graphs) == {"text_encoder", "text_encoder_2", "unet", "vae_decoder"}
+    assert {"tokenizer/tokenizer.json", "tokenizer_2/tokenizer.json"} <= set(manifest.files)
+    assert verify_files(artifact, manifest) == []
+    assert {i.name for i in served.engine.unet.session.get_inputs()} >= {"text_embeds", "time_ids"}
+    first, second = json.loads((artifact / "config.json").read_text())["text_encoders"]
+    assert first["hidden_states"] == second["hidden_states"] == "hidden_states.4"  # 5 layers: diffusers' [-2]
+    assert first["pooled"] is None and second["pooled"] == "text_embeds"
+    pad = second["tokenizer_info"]["pad_token_id"]
+    assert (
+        manifest.tokenizer is not None and pad == reference.tokenizer_2.pad_token_id != manifest.tokenizer.pad_token_id
+    )
+    assert served.info.default_guidance_scale == 5.0  # StableDiffusionXLPipeline.__call__'s, not SD's 7.5
+    measured = manifest.choice["tried"]["fp32-none"]
+    print(json.dumps(measured, indent=1))
+    assert set(measured["graphs"]) == {
+        "text_encoder",
+        "text_encoder_2",
+        "text_encoder_2 (pooled)",
+        "unet",
+        "vae_decoder",
+    }
+    for graph, figures in measured["graphs"].items():
+        assert figures["max_abs_diff"] <= GRAPH_MAX_ABS, graph
+    for case, value in measured["psnr_db"].items():
+        assert value is None or value >= IMAGE_MIN_PSNR, case
+
+
+def test_sdxl_conditioning_matches_diffusers(xl: tuple[Path, TextToImagePipeline, Any]) -> None:
+    """Both encoders' penultimate states joined, the second's pooled embedding, as `encode_prompt`."""
+    _, served, reference = xl
+    texts = [PROMPT, "THE Cat, sat!"]
+    with torch.inference_mode():
+        want, _, pooled, _ = reference.encode_prompt(texts, do_classifier_free_guidance=False)
+    embeddings, got_pooled = served.engine.encode_prompt(texts)
+    assert embeddings.shape == (2, 77, 64)
+    np.testing.assert_allclose(embeddings, want.numpy(), atol=GRAPH_MAX_ABS, rtol=0)
+    assert got_pooled is not None
+    np.testing.assert_allclose(got_pooled, pooled.numpy(), atol=GRAPH_MAX_ABS, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "kwargs"),
+    [
+        ("EulerDiscreteScheduler", {}),  # no negative prompt: the unconditional half is zeros
+        ("EulerDiscreteScheduler", {"negative_prompt": "red, blurry", "width": 72}),
+        ("DPMSolverMultistepScheduler", {"height": 48}),
+        ("DDIMScheduler", {"guidance_scale": 1.0}),
+    ],
+)
+def test_sdxl_image_matches_diffusers(
+    xl: tuple[Path, TextToImagePipeline, Any], scheduler: str, kwargs: dict[str, Any]
+) -> None:
+    """Same prompt, latents and scheduler: the served SDXL image is diffusers' to >= 35 dB, and
+    another seed's is not."""
+    _, served, reference = xl
+    override = None if scheduler == "EulerDiscreteScheduler" else scheduler
+    want = diffusers_image(reference, scheduler, seed=3, **{"height": 64, "width": 64, **kwargs})
+    got = served(PROMPT, seed=3, num_inference_steps=STEPS, scheduler=override, **kwargs)
+    assert got.size == want.size
+    value = psnr(pixels(want), pixels(got))
+    print(f"\nSDXL {scheduler} {kwargs}: PSNR {value:.1f} dB")
+    assert value >= IMAGE_MIN_PSNR
+    other = served(PROMPT, seed=4, num_inference_steps=STEPS, scheduler=override, **kwargs)
+    assert psnr(pixels(want), pixels(other)) < IMAGE_MIN_PSNR
+
+
+def test_sdxl_empty_negative_prompt_is_not_zeros(xl: tuple[Path, TextToImagePipeline, Any]) -> None:
+    """`force_zeros_for_empty_prompt`: no negative prompt means zeros, unlike an encoded ""."""
+    _, served, reference = xl
+    assert served.info.force_zeros_for_empty_prompt
+    zeros = served(PROMPT, seed=8, num_inference_steps=2)
+    empty = served(PROMPT, seed=8, num_inference_steps=2, negative_prompt="")
+    assert not np.array_equal(pixels(zeros), pixels(empty))
+    want = diffusers_image(reference, "EulerDiscreteScheduler", seed=8, negative_prompt="")
+    got = served(PROMPT, seed=8, num_inference_steps=STEPS, negative_prompt="")
+    assert psnr(pixels(want), pixels(got)) >= IMAGE_MIN_PSNR

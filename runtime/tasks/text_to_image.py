@@ -1,4 +1,4 @@
-"""text-to-image: a prompt -> a PIL image, from Stable Diffusion 1.x/2.x graphs, in numpy.
+"""text-to-image: a prompt -> a PIL image, from Stable Diffusion 1.x/2.x and SDXL graphs, in numpy.
 
 The loop is diffusers' `StableDiffusionPipeline.__call__` step for step: the prompt and the negative
 prompt (`""` when none) tokenized and padded to the text encoder's 77 tokens, the text encoder, the
@@ -7,6 +7,14 @@ both halves of classifier-free guidance in one batch (`[negative, prompt]`; a gu
 less runs the prompt alone, as diffusers does), `noise_uncond + scale * (noise_text - noise_uncond)`,
 the scheduler's step; then the VAE decoder on `latents / scaling_factor`, and diffusers'
 `postprocess` and `numpy_to_pil`: `(x / 2 + 0.5).clip(0, 1)`, times 255, rounded, to uint8.
+
+SDXL (`StableDiffusionXLPipeline.__call__`) differs in the conditioning only: two text encoders,
+each with its own tokenizer, whose penultimate hidden states are joined on the feature axis; the
+second one's projected, pooled embedding (`text_embeds`) and the size ids `(height, width, 0, 0,
+height, width)` (`original_size`, `crops_coords_top_left`, `target_size` at their defaults) go to
+the UNet beside them; without a negative prompt, the unconditional half is zeros when the
+pipeline says `force_zeros_for_empty_prompt`; and a VAE with `latents_mean`/`latents_std` is fed
+`latents * std / scaling_factor + mean`.
 
 Where it differs from diffusers, on purpose:
 - the seed draws the initial latents (and an ancestral scheduler's noise) from numpy's PCG64, not
@@ -20,8 +28,9 @@ Where it differs from diffusers, on purpose:
   compiled before that traced exact factors of two and carry 64 (SD 1.x/2.x) here.
 
 The artifact (written by `compile.diffusion`): `text_encoder/model.onnx`, `unet/model.onnx` (the
-manifest's `model_file`), `vae_decoder/model.onnx`, `tokenizer/tokenizer.json`,
-`scheduler/scheduler_config.json`, and `config.json`: the `DiffusionInfo` below.
+manifest's `model_file`), `vae_decoder/model.onnx`, `tokenizer/tokenizer.json` (SDXL adds
+`text_encoder_2/` and `tokenizer_2/`), `scheduler/scheduler_config.json`, and `config.json`: the
+`DiffusionInfo` below, which names the text encoders.
 """
 
 from __future__ import annotations
@@ -45,13 +54,27 @@ from runtime.tasks import register
 from runtime.tasks.base import InputKind, Pipeline, parse_parameters, type_name
 from runtime.text import TextTokenizer
 
-GRAPHS = {
-    "text_encoder": "text_encoder/model.onnx",
-    "unet": "unet/model.onnx",
-    "vae_decoder": "vae_decoder/model.onnx",
-}
-TOKENIZER = "tokenizer/tokenizer.json"
+GRAPHS = {"unet": "unet/model.onnx", "vae_decoder": "vae_decoder/model.onnx"}  # and the text encoders'
 SCHEDULER = "scheduler/scheduler_config.json"
+
+
+class TextEncoderInfo(msgspec.Struct, frozen=True):
+    """One text encoder: its graph, its tokenizer, and the outputs the loop takes from it.
+
+    `tokenizer_info`: the padding facts of this encoder's tokenizer (None: the manifest's, which
+    describe the first); `hidden_states`: the output joined into the UNet's `encoder_hidden_states`
+    (SDXL: the penultimate layer's, `hidden_states.{layers - 1}`); `pooled`: the output given to the
+    UNet as `text_embeds` (SDXL's second encoder: `text_embeds`).
+    """
+
+    graph: str
+    tokenizer: str
+    tokenizer_info: TokenizerInfo | None = None
+    hidden_states: str = "last_hidden_state"
+    pooled: str | None = None
+
+
+SD_TEXT_ENCODER = TextEncoderInfo("text_encoder/model.onnx", "tokenizer/tokenizer.json")
 
 
 class DiffusionInfo(msgspec.Struct, frozen=True):
@@ -70,7 +93,47 @@ class DiffusionInfo(msgspec.Struct, frozen=True):
     default_height: int
     default_width: int
     default_steps: int
-    default_guidance_scale: float = 7.5
+    default_guidance_scale: float = 7.5  # the pipeline's `__call__` default: SDXL's is 5.0
+    text_encoders: list[TextEncoderInfo] = msgspec.field(default_factory=lambda: [SD_TEXT_ENCODER])
+    time_ids: bool = False  # SDXL's UNet: pooled text embedding and size ids as added conditioning
+    force_zeros_for_empty_prompt: bool = False
+    vae_latents_mean: list[float] | None = None
+    vae_latents_std: list[float] | None = None
+
+    def graphs(self) -> dict[str, str]:
+        """Every graph of the artifact by component name (`text_encoder`, `text_encoder_2`, ...)."""
+        return {**{Path(e.graph).parent.name: e.graph for e in self.text_encoders}, **GRAPHS}
+
+
+@dataclass(frozen=True)
+class TextEncoder:
+    """A tokenizer and its text encoder graph: prompts -> (hidden states, pooled embedding or None)."""
+
+    tokenizer: TextTokenizer
+    graph: OnnxModel
+    info: TextEncoderInfo
+
+    @classmethod
+    def load(
+        cls, directory: Path, info: TextEncoderInfo, tokenizer: TokenizerInfo, options: SessionOptions
+    ) -> TextEncoder:
+        tokenizer_info = info.tokenizer_info or tokenizer
+        return cls(
+            TextTokenizer(directory / info.tokenizer, tokenizer_info), OnnxModel(directory / info.graph, options), info
+        )
+
+    def encode(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Each prompt padded to the encoder's length, as diffusers pads (`padding="max_length"`)."""
+        encodings = self.tokenizer.encode(prompts, truncation=True)
+        ids = self.tokenizer.batch(encodings, width=self.tokenizer.max_length)["input_ids"]
+        out = self.graph.run({"input_ids": ids})
+        return out[self.info.hidden_states], None if self.info.pooled is None else out[self.info.pooled]
+
+
+def text_encoders(
+    directory: Path, info: DiffusionInfo, tokenizer: TokenizerInfo, options: SessionOptions
+) -> list[TextEncoder]:
+    return [TextEncoder.load(directory, encoder, tokenizer, options) for encoder in info.text_encoders]
 
 
 def _never() -> bool:
@@ -82,29 +145,27 @@ def _ignore(step: int, total: int) -> None:
 
 
 class StableDiffusion:
-    """The three graphs, the tokenizer and the scheduler's config, and diffusers' loop over them."""
+    """The text encoders, the UNet and the VAE decoder, the scheduler's config, and diffusers' loop
+    over them."""
 
     def __init__(
         self,
-        text_encoder: OnnxModel,
+        text_encoders: list[TextEncoder],
         unet: OnnxModel,
         vae_decoder: OnnxModel,
-        tokenizer: TextTokenizer,
         scheduler_config: dict[str, Any],
         info: DiffusionInfo,
     ) -> None:
-        self.text_encoder, self.unet, self.vae_decoder = text_encoder, unet, vae_decoder
-        self.tokenizer, self.scheduler_config, self.info = tokenizer, scheduler_config, info
+        self.text_encoders, self.unet, self.vae_decoder = text_encoders, unet, vae_decoder
+        self.scheduler_config, self.info = scheduler_config, info
 
     @classmethod
     def load(cls, directory: Path, tokenizer: TokenizerInfo, options: SessionOptions) -> StableDiffusion:
-        """The artifact in `directory`; `unet` is read from `GRAPHS` like the other two."""
+        """The artifact in `directory`; `tokenizer`: the manifest's facts (the first tokenizer's)."""
         info = read_info(directory)
-        models = {name: OnnxModel(directory / path, options) for name, path in GRAPHS.items()}
-        return cls(
-            models["text_encoder"], models["unet"], models["vae_decoder"],
-            TextTokenizer(directory / TOKENIZER, tokenizer), read_scheduler_config(directory), info,
-        )  # fmt: skip
+        unet, vae_decoder = (OnnxModel(directory / GRAPHS[name], options) for name in ("unet", "vae_decoder"))
+        encoders = text_encoders(directory, info, tokenizer, options)
+        return cls(encoders, unet, vae_decoder, read_scheduler_config(directory), info)
 
     def scheduler(self, name: str | None = None) -> Scheduler:
         """A fresh scheduler (they keep per-generation state): the artifact's, or the class `name`
@@ -116,11 +177,47 @@ class StableDiffusion:
         factor = self.info.vae_scale_factor
         return (1, self.info.latent_channels, height // factor, width // factor)
 
-    def encode_prompt(self, prompts: list[str]) -> np.ndarray:
-        """Each prompt's text-encoder hidden states, padded to the model's length as diffusers pads."""
-        encodings = self.tokenizer.encode(prompts, truncation=True)
-        ids = self.tokenizer.batch(encodings, width=self.tokenizer.max_length)["input_ids"]
-        return self.text_encoder.run({"input_ids": ids})["last_hidden_state"]
+    def encode_prompt(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Each prompt's hidden states (every encoder's, joined on the feature axis) and the first
+        pooled embedding an encoder gives (SDXL's second; None for SD 1.x/2.x)."""
+        hidden, pooled = [], None
+        for encoder in self.text_encoders:
+            states, pool = encoder.encode(prompts)
+            hidden.append(states)
+            pooled = pool if pooled is None else pooled
+        return np.concatenate(hidden, axis=-1), pooled
+
+    def conditioning(
+        self, prompt: str, negative_prompt: str | None, guided: bool, height: int, width: int
+    ) -> dict[str, np.ndarray]:
+        """The UNet's text inputs, `[negative, prompt]` when `guided`: `encoder_hidden_states`, and
+        for SDXL `text_embeds` and `time_ids`."""
+        zeros = guided and negative_prompt is None and self.info.force_zeros_for_empty_prompt
+        embeddings, pooled = self.encode_prompt([negative_prompt or "", prompt] if guided and not zeros else [prompt])
+        if zeros:
+            embeddings = np.concatenate([np.zeros_like(embeddings), embeddings])
+            pooled = None if pooled is None else np.concatenate([np.zeros_like(pooled), pooled])
+        feeds = {"encoder_hidden_states": embeddings}
+        if self.info.time_ids:
+            if pooled is None:
+                raise ArtifactError("this SDXL artifact's text encoders give no pooled embedding for the UNet")
+            sizes = np.asarray([[height, width, 0, 0, height, width]], dtype=np.float32)
+            feeds |= {"text_embeds": pooled, "time_ids": np.repeat(sizes, len(embeddings), axis=0)}
+        return feeds
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        """The VAE decoder on the final latents, unscaled as diffusers does: `(height, width, 3)` in [0, 1]."""
+        info = self.info
+        if info.vae_latents_mean is not None and info.vae_latents_std is not None:
+            mean, std = (
+                np.asarray(v, dtype=np.float32).reshape(1, -1, 1, 1)
+                for v in (info.vae_latents_mean, info.vae_latents_std)
+            )
+            scaled = latents * std / np.float32(info.vae_scaling_factor) + mean
+        else:
+            scaled = latents / np.float32(info.vae_scaling_factor)
+        image = self.vae_decoder.run({"latent_sample": scaled.astype(np.float32)})["sample"][0]
+        return np.clip(image / 2 + 0.5, 0.0, 1.0).transpose(1, 2, 0)  # type: ignore[no-any-return]
 
     def generate(
         self,
@@ -138,8 +235,10 @@ class StableDiffusion:
         """The decoded image, `(height, width, 3)` float32 in [0, 1]; `latents` is the initial
         noise, before the scheduler's `init_noise_sigma` (diffusers' `latents=` argument)."""
         guided = guidance_scale > 1.0
-        texts = [negative_prompt or "", prompt] if guided else [prompt]
-        embeddings = self.encode_prompt(texts)
+        factor = self.info.vae_scale_factor
+        conditioning = self.conditioning(
+            prompt, negative_prompt, guided, latents.shape[2] * factor, latents.shape[3] * factor
+        )
         scheduler.set_timesteps(steps)
         sample = latents.astype(np.float32) * np.float32(scheduler.init_noise_sigma)
         total = len(scheduler.timesteps)
@@ -148,21 +247,14 @@ class StableDiffusion:
                 raise Stopped(f"generation stopped after {index} of {total} steps")
             batch = np.concatenate([sample, sample]) if guided else sample
             batch = scheduler.scale_model_input(batch, timestep)
-            noise = self.unet.run(
-                {
-                    "sample": batch.astype(np.float32),
-                    "timestep": np.asarray(timestep, dtype=np.float32),
-                    "encoder_hidden_states": embeddings,
-                }
-            )["out_sample"]
+            feeds = {"sample": batch.astype(np.float32), "timestep": np.asarray(timestep, dtype=np.float32)}
+            noise = self.unet.run(feeds | conditioning)["out_sample"]
             if guided:
                 uncond, text = noise[:1], noise[1:]
                 noise = uncond + np.float32(guidance_scale) * (text - uncond)
             sample = scheduler.step(noise, timestep, sample, rng=rng).astype(np.float32)
             on_step(index + 1, total)
-        scaled = sample / np.float32(self.info.vae_scaling_factor)
-        image = self.vae_decoder.run({"latent_sample": scaled})["sample"][0]
-        return np.clip(image / 2 + 0.5, 0.0, 1.0).transpose(1, 2, 0)  # type: ignore[no-any-return]
+        return self.decode(sample)
 
 
 def to_pil(image: np.ndarray) -> Image.Image:
@@ -232,9 +324,8 @@ class TextToImagePipeline(Pipeline):
             raise ArtifactError(f"{directory} has no tokenizer facts in its manifest, which text-to-image needs")
         self.info = read_info(directory)
         self.engine = StableDiffusion(
-            OnnxModel(directory / GRAPHS["text_encoder"], options), self.model,
-            OnnxModel(directory / GRAPHS["vae_decoder"], options),
-            TextTokenizer(directory / TOKENIZER, manifest.tokenizer), read_scheduler_config(directory), self.info,
+            text_encoders(directory, self.info, manifest.tokenizer, options), self.model,
+            OnnxModel(directory / GRAPHS["vae_decoder"], options), read_scheduler_config(directory), self.info,
         )  # fmt: skip
 
     @property
