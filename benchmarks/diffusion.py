@@ -18,9 +18,9 @@ diffusers' (the compile gate asks for 35 dB).
 
 Memory (`peak_memory`), in a fresh process: the served pipeline is loaded, its resident memory
 taken, the peak reset (`/proc/self/clear_refs`), one image generated, and the peak read
-(`VmHWM`). Beside it, the graphs' bytes on disk and the largest tensor of a step in the exported
-graph (fp32, no fused attention): the attention scores of the UNet's first level, batch 2 x heads
-x (latent pixels)^2.
+(`VmHWM`). Beside it, the graphs' bytes on disk and the tensor the fused attention never holds
+whole (`compile.unet_fusion`), which an unfused UNet makes at every self-attention of its first
+level: the scores, batch 2 x heads x (latent pixels)^2.
 """
 
 from __future__ import annotations
@@ -305,7 +305,7 @@ def markdown(results: dict[str, Any]) -> list[str]:
             "",
             "Served pipeline's resident memory, fresh process: after loading, and the peak over one image.",
             "",
-            "| model | size | steps | after load (MB) | peak (MB) | growth (MB) | graphs (MB) | step's scores (MB) |",
+            "| model | size | steps | after load (MB) | peak (MB) | growth (MB) | graphs (MB) | unfused scores (MB) |",
             "|---|---|---|---|---|---|---|---|",
             *[
                 f"| {m['model']} | {m['size']} | {m['steps']} | {m['loaded_rss_mb']:.0f} | {m['peak_rss_mb']:.0f} | "

@@ -6,7 +6,9 @@ The input is a diffusers `StableDiffusionPipeline` or `StableDiffusionXLPipeline
 diffusion exporter (`get_diffusion_models_for_export`, what `main_export(task="text-to-image")`
 runs) gives the graphs; the VAE encoder is left out, text-to-image never encodes an image. The
 UNet is traced at an odd latent height (`odd_height`), so its upsampling follows the skip
-connections' sizes and width and height need only be multiples of 8, as in diffusers. The
+connections' sizes and width and height need only be multiples of 8, as in diffusers. Its
+attention is then fused into ONNX Runtime's `MultiHeadAttention` (`compile.unet_fusion`: flash
+attention on CPU, no score matrix held whole) unless `--optimize none`. The
 artifact is the layout `runtime.tasks.text_to_image` reads: the graphs, `tokenizer/tokenizer.json`
 (and `tokenizer_2/`; converted from the slow CLIP tokenizer's vocab and merges by transformers
 when the pipeline has no `tokenizer.json`), `scheduler/scheduler_config.json` (the config diffusers' pipeline ends up
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +44,7 @@ from compile.errors import CompileFailed, UnsupportedModel, ValidationFailed
 from compile.exporters import tokenizer_info
 from compile.options import CompileOptions, Optimization, Precision, captured
 from compile.tasks import DIFFUSION_PIPELINES, diffusion_pipeline
+from compile.unet_fusion import fuse_attention
 from runtime.artifact import MANIFEST, Manifest, Source, TokenizerInfo, Validation, sha256, write_manifest
 from runtime.diffusion.schedulers import scheduler_from_config
 from runtime.session import SessionOptions
@@ -54,7 +58,8 @@ VALIDATION_STEPS = 4
 PROMPTS = ["a photograph of an astronaut riding a horse", "an oil painting of a lighthouse at dusk, stormy sea"]
 NEGATIVE = "blurry, low quality"
 TIMESTEPS = (999.0, 500.5, 1.0)
-CHOICE_RULE = "fp32 graphs without fusions: the one candidate for text-to-image"
+FUSIONS = (None, Optimization.O2, Optimization.NONE)  # None: the default, O2
+CHOICE_RULE = "fp32, the UNet's attention fused unless --optimize none: the one candidate for text-to-image"
 
 Log = Callable[[str], None]
 
@@ -72,10 +77,11 @@ def build(
     """Export, validate and write a complete artifact (manifest last) into `artifact` (new or empty);
     the figures' lines come back for the report. Raises `UnsupportedModel` for pipelines other than
     SD 1.x/2.x and SDXL, and `ValidationFailed` past a gate."""
-    if options.precision not in (Precision.AUTO, Precision.FP32) or options.optimize not in (None, Optimization.NONE):
+    if options.precision not in (Precision.AUTO, Precision.FP32) or options.optimize not in FUSIONS:
         raise CompileFailed(
-            "text-to-image compiles to fp32 without graph optimization for now; drop --precision/--optimize"
+            "text-to-image compiles to fp32, the UNet's attention fused (O2, the default) or not (--optimize none)"
         )
+    fused = options.optimize != Optimization.NONE
     kind = diffusion_pipeline(model_dir)
     if kind not in DIFFUSION_PIPELINES:
         raise UnsupportedModel(
@@ -90,6 +96,8 @@ def build(
     tokenizers, infos = write_tokenizers(model_dir, pipe, artifact)
     description = describe(pipe, infos)
     export(pipe, description, artifact, options.opset, log)
+    if fused:
+        fuse_unet(artifact, log)
     (artifact / SCHEDULER).parent.mkdir(parents=True, exist_ok=True)
     (artifact / SCHEDULER).write_text(pipe.scheduler.to_json_string())
     (artifact / "config.json").write_bytes(msgspec.json.format(msgspec.json.encode(description), indent=2))
@@ -105,7 +113,8 @@ def build(
     gate = f"each graph max abs diff <= {GRAPH_MAX_ABS:g} (scaled); images PSNR >= {IMAGE_MIN_PSNR:g} dB vs diffusers"
     if worst_graph > GRAPH_MAX_ABS or worst_psnr < IMAGE_MIN_PSNR:
         raise ValidationFailed("the compiled pipeline does not match diffusers:\n  " + "\n  ".join(lines))
-    manifest = write(artifact, source, options, key, started, infos[0], description, gate, graphs, images)
+    optimization = Optimization.O2 if fused else Optimization.NONE
+    manifest = write(artifact, source, options, key, started, infos[0], description, optimization, gate, graphs, images)
     return manifest, lines
 
 
@@ -149,6 +158,24 @@ def export(pipe: Any, description: DiffusionInfo, artifact: Path, opset: int | N
             except Exception as exc:
                 raise CompileFailed(f"optimum cannot export the {name}: {exc}\n{output.read()}") from None
         log(f"{name}: exported to {path} ({time.perf_counter() - start:.1f} s)")
+
+
+def fuse_unet(artifact: Path, log: Log) -> None:
+    """The exported UNet with its attention fused (`compile.unet_fusion`), in place of the unfused one."""
+    start = time.perf_counter()
+    folder = artifact / Path(GRAPHS["unet"]).parent
+    staging = artifact / f"{folder.name}.fused"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    with captured() as output:
+        try:
+            ops = fuse_attention(artifact / GRAPHS["unet"], staging / Path(GRAPHS["unet"]).name)
+        except Exception as exc:
+            raise CompileFailed(f"fusing the UNet's attention failed: {exc}\n{output.read()}") from None
+    shutil.rmtree(folder)
+    staging.rename(folder)
+    counts = ", ".join(f"{n} {op}" for op, n in sorted(ops.items()))
+    log(f"unet: attention fused ({counts or 'nothing to fuse'}) ({time.perf_counter() - start:.1f} s)")
 
 
 def odd_height(generate: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
@@ -370,6 +397,7 @@ def write(
     started: float,
     info: TokenizerInfo,
     description: DiffusionInfo,
+    optimization: Optimization,
     gate: str,
     graphs: dict[str, tuple[float, float]],
     psnr: dict[str, float],
@@ -389,7 +417,7 @@ def write(
         source=source,
         device=str(options.device),
         precision=str(Precision.FP32),
-        optimization=str(Optimization.NONE),
+        optimization=str(optimization),
         opset=max(o.version for o in unet.opset_import if o.domain in ("", "ai.onnx")),
         model_file=GRAPHS["unet"],
         input_names=[i.name for i in unet.graph.input],
@@ -402,7 +430,7 @@ def write(
         files={p.relative_to(artifact).as_posix(): sha256(p) for p in files},
         versions=installed("onnxruntime", "onnxruntime-gpu", "onnx", "optimum", "optimum-onnx", "diffusers",
                            "transformers", "torch", "tokenizers"),
-        choice={"rule": CHOICE_RULE, "order": ["fp32-none"], "tried": {"fp32-none": measured}},
+        choice={"rule": CHOICE_RULE, "order": [f"fp32-{optimization}"], "tried": {f"fp32-{optimization}": measured}},
         graphs=description.graphs(),
         compile_seconds=round(time.perf_counter() - started, 2),
         config_hash=key,

@@ -1,0 +1,129 @@
+"""Fused attention for an exported diffusers UNet, in the form ONNX Runtime's CPU kernels run best.
+
+diffusers' attention exports as MatMul -> Softmax -> MatMul, which materializes every score
+matrix: at 512x512 pixels (4096 latent tokens) SD 1.5's self-attention holds 8 heads x 4096 x 4096
+floats per image, and one UNet call at guidance's batch of 2 peaked 4.6 GB above the loaded
+graph here. ONNX Runtime's `MultiHeadAttention` runs flash attention on CPU (tiles of the scores,
+never the whole matrix): the same call peaked 0.46 GB above it, and took 8.6 s instead of 10.4-12.6
+(at 256x256, 1.9-2.0 s both ways).
+
+Two steps:
+- ONNX Runtime's own UNet fusions (`onnxruntime.transformers.optimizer`, model type "unet": layer
+  norms, GELU, attention), with the CUDA-only ones off (GroupNorm, NHWC convolutions, BiasAdd,
+  BiasSplitGelu) and without packing Q, K and V into one tensor, which its CPU
+  `MultiHeadAttention` refuses ("Packed QKV ... not implemented for CPU");
+- self-attention, which that fusion writes as the older `Attention` op (one packed weight, the
+  whole score matrix on CPU), split into three MatMuls feeding `MultiHeadAttention(q, k, v, bias)`.
+
+The result is checked by the caller, as every graph is: against the PyTorch module and the whole
+loop against diffusers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+EXTERNAL_DATA_OVER = (
+    1 << 30
+)  # bytes of weights past which the graph keeps them in a side file (protobuf's limit is 2 GiB)
+
+
+def fuse_attention(path: Path, out: Path) -> Counter[str]:
+    """Fuse the UNet graph at `path` into `out` (a file name in another folder: its weights may go
+    to `out` + ".data"); the attention ops it now holds, by type."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    options = FusionOptions("unet")
+    for cuda_only in ("enable_nhwc_conv", "enable_group_norm", "enable_skip_group_norm", "enable_bias_splitgelu",
+                      "enable_bias_add", "enable_packed_qkv", "enable_packed_kv"):  # fmt: skip
+        setattr(options, cuda_only, False)
+    with _num_heads_from_one_element_arrays():
+        model = optimize_model(str(path), model_type="unet", opt_level=0, optimization_options=options, use_gpu=False)
+    graph = model.model.graph
+    split_self_attention(graph)
+    weights = sum(int(np.prod(t.dims)) * 4 for t in graph.initializer)
+    model.save_model_to_file(str(out), use_external_data_format=weights > EXTERNAL_DATA_OVER)
+    return Counter(n.op_type for n in graph.node if "Attention" in n.op_type)
+
+
+def split_self_attention(graph: Any) -> int:
+    """Rewrite each `com.microsoft.Attention` (input, packed QKV weight [C, 3C], bias [3C], no mask)
+    as three MatMuls and `MultiHeadAttention(q, k, v, bias)`: the same arithmetic, and the op whose
+    CPU kernel tiles the scores. Returns how many were rewritten."""
+    from onnx import helper, numpy_helper
+
+    initializers = {t.name: t for t in graph.initializer}
+    nodes, rewritten = [], 0
+    for node in graph.node:
+        if node.op_type != "Attention" or node.domain != "com.microsoft":
+            nodes.append(node)
+            continue
+        inputs = list(node.input)
+        if len(inputs) > 3 and any(inputs[3:]):
+            raise ValueError(f"{node.name} has a mask or past state; a UNet's self-attention has neither")
+        hidden, weight = inputs[0], numpy_helper.to_array(initializers[inputs[1]])
+        width = weight.shape[1] // 3
+        projected = []
+        for index, part in enumerate("qkv"):
+            name = f"{node.name}_{part}"
+            graph.initializer.append(
+                numpy_helper.from_array(
+                    np.ascontiguousarray(weight[:, index * width : (index + 1) * width]), f"{name}_weight"
+                )
+            )
+            nodes.append(helper.make_node("MatMul", [hidden, f"{name}_weight"], [name], name=f"{name}_MatMul"))
+            projected.append(name)
+        bias = [inputs[2]] if len(inputs) > 2 and inputs[2] else []
+        heads = next(a.i for a in node.attribute if a.name == "num_heads")
+        nodes.append(
+            helper.make_node(
+                "MultiHeadAttention", [*projected, *bias], [node.output[0]], name=f"{node.name}_MHA",
+                domain="com.microsoft", num_heads=heads,
+            )
+        )  # fmt: skip
+        rewritten += 1
+    used = {name for node in nodes for name in node.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return rewritten
+
+
+@contextlib.contextmanager
+def _num_heads_from_one_element_arrays() -> Iterator[None]:
+    """ONNX Runtime 1.32's UNet attention fusion reads the head count with `int(array)` on a
+    one-element array, which numpy 2.4 refuses (a TypeError); read it with `.item()` while fusing.
+    The fusion modules are imported under their bare names (the optimizer puts its folder on
+    `sys.path`), so that is the class to patch."""
+    fusion = sys.modules.get("fusion_attention_unet")
+    if fusion is None:
+        yield
+        return
+    cls = fusion.FusionAttentionUnet
+    original = cls.get_num_heads
+
+    def get_num_heads(self: Any, reshape_q: Any, is_torch2: bool = False) -> int:
+        if is_torch2:
+            concat = self.model.get_parent(reshape_q, 1)
+            if concat is not None and concat.op_type == "Concat" and len(concat.input) == 4:
+                value = self.model.get_constant_value(concat.input[2])
+                if isinstance(value, np.ndarray) and value.size == 1 and value.item() > 0:
+                    return int(value.item())
+            return 0
+        return int(original(self, reshape_q, is_torch2))
+
+    cls.get_num_heads = get_num_heads
+    try:
+        yield
+    finally:
+        cls.get_num_heads = original
