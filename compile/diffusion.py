@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -161,19 +160,13 @@ def export(pipe: Any, description: DiffusionInfo, artifact: Path, opset: int | N
 
 
 def fuse_unet(artifact: Path, log: Log) -> None:
-    """The exported UNet with its attention fused (`compile.unet_fusion`), in place of the unfused one."""
+    """The exported UNet with its attention fused in place (`compile.unet_fusion`)."""
     start = time.perf_counter()
-    folder = artifact / Path(GRAPHS["unet"]).parent
-    staging = artifact / f"{folder.name}.fused"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
     with captured() as output:
         try:
-            ops = fuse_attention(artifact / GRAPHS["unet"], staging / Path(GRAPHS["unet"]).name)
+            ops = fuse_attention(artifact / GRAPHS["unet"])
         except Exception as exc:
             raise CompileFailed(f"fusing the UNet's attention failed: {exc}\n{output.read()}") from None
-    shutil.rmtree(folder)
-    staging.rename(folder)
     counts = ", ".join(f"{n} {op}" for op, n in sorted(ops.items()))
     log(f"unet: attention fused ({counts or 'nothing to fuse'}) ({time.perf_counter() - start:.1f} s)")
 

@@ -30,14 +30,20 @@ from typing import Any
 
 import numpy as np
 
-EXTERNAL_DATA_OVER = (
-    1 << 30
-)  # bytes of weights past which the graph keeps them in a side file (protobuf's limit is 2 GiB)
+FUSED_WEIGHTS = "attention.data"  # the weights the fusion makes, beside the graph's own weight files
 
 
-def fuse_attention(path: Path, out: Path) -> Counter[str]:
-    """Fuse the UNet graph at `path` into `out` (a file name in another folder: its weights may go
-    to `out` + ".data"); the attention ops it now holds, by type."""
+def fuse_attention(path: Path) -> Counter[str]:
+    """Fuse the UNet graph at `path` in place; the attention ops it now holds, by type.
+
+    The graph is read without its weights: ONNX Runtime's fusions run symbolic shape inference on
+    copies of the model, which with SD 1.5's 3.4 GB of weights in memory peaked at 20 GB. The few
+    weights a fusion reads (the attention projections) are loaded from their files on demand,
+    relative to the working directory, hence the change of directory. The weights the fusions make
+    go to `FUSED_WEIGHTS`; the graph's other weight files stay as they are, and the files no
+    longer referenced are deleted.
+    """
+    import onnx
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
@@ -45,13 +51,25 @@ def fuse_attention(path: Path, out: Path) -> Counter[str]:
     for cuda_only in ("enable_nhwc_conv", "enable_group_norm", "enable_skip_group_norm", "enable_bias_splitgelu",
                       "enable_bias_add", "enable_packed_qkv", "enable_packed_kv"):  # fmt: skip
         setattr(options, cuda_only, False)
-    with _num_heads_from_one_element_arrays():
-        model = optimize_model(str(path), model_type="unet", opt_level=0, optimization_options=options, use_gpu=False)
-    graph = model.model.graph
-    split_self_attention(graph)
-    weights = sum(int(np.prod(t.dims)) * 4 for t in graph.initializer)
-    model.save_model_to_file(str(out), use_external_data_format=weights > EXTERNAL_DATA_OVER)
+    folder = path.parent
+    model = onnx.load(str(path), load_external_data=False)
+    with _num_heads_from_one_element_arrays(), contextlib.chdir(folder):
+        fused = optimize_model(model, model_type="unet", opt_level=0, optimization_options=options, use_gpu=False)
+        graph = fused.model.graph
+        split_self_attention(graph)
+    staged = folder / f"{path.name}.fused"
+    onnx.save_model(fused.model, str(staged), save_as_external_data=True, location=FUSED_WEIGHTS)
+    staged.replace(path)
+    kept = {path.name, *(_location(t) for t in graph.initializer if _location(t))}
+    for leftover in folder.iterdir():
+        if leftover.is_file() and leftover.name not in kept:
+            leftover.unlink()
     return Counter(n.op_type for n in graph.node if "Attention" in n.op_type)
+
+
+def _location(tensor: Any) -> str | None:
+    """The file holding an initializer's data, when it is kept outside the graph."""
+    return next((entry.value for entry in tensor.external_data if entry.key == "location"), None)
 
 
 def split_self_attention(graph: Any) -> int:
