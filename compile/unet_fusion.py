@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-FUSED_WEIGHTS = "attention.data"  # the weights the fusion makes, beside the graph's own weight files
+WEIGHTS = "weights.data"  # every weight of the fused graph, beside it
+INLINE_BELOW = 1024  # bytes: smaller tensors stay in the graph file, as onnx's own default
 
 
 def fuse_attention(path: Path) -> Counter[str]:
@@ -39,9 +40,9 @@ def fuse_attention(path: Path) -> Counter[str]:
     The graph is read without its weights: ONNX Runtime's fusions run symbolic shape inference on
     copies of the model, which with SD 1.5's 3.4 GB of weights in memory peaked at 20 GB. The few
     weights a fusion reads (the attention projections) are loaded from their files on demand,
-    relative to the working directory, hence the change of directory. The weights the fusions make
-    go to `FUSED_WEIGHTS`; the graph's other weight files stay as they are, and the files no
-    longer referenced are deleted.
+    relative to the working directory, hence the change of directory. Then every weight still used
+    is copied, one tensor at a time, into `WEIGHTS`, and the files the export wrote are deleted:
+    the projections the fusion replaced leave no dead bytes behind.
     """
     import onnx
     from onnxruntime.transformers.fusion_options import FusionOptions
@@ -57,19 +58,54 @@ def fuse_attention(path: Path) -> Counter[str]:
         fused = optimize_model(model, model_type="unet", opt_level=0, optimization_options=options, use_gpu=False)
         graph = fused.model.graph
         split_self_attention(graph)
-    staged = folder / f"{path.name}.fused"
-    onnx.save_model(fused.model, str(staged), save_as_external_data=True, location=FUSED_WEIGHTS)
-    staged.replace(path)
-    kept = {path.name, *(_location(t) for t in graph.initializer if _location(t))}
-    for leftover in folder.iterdir():
-        if leftover.is_file() and leftover.name not in kept:
-            leftover.unlink()
+    weights, staged = folder / f"{WEIGHTS}.partial", path.with_name(f"{path.name}.partial")
+    repack_weights(graph, folder, weights, WEIGHTS)
+    onnx.save_model(fused.model, str(staged))
+    for exported in [p for p in folder.iterdir() if p.is_file() and p.suffix != ".partial"]:
+        exported.unlink()
+    weights.rename(folder / WEIGHTS)
+    staged.rename(path)
     return Counter(n.op_type for n in graph.node if "Attention" in n.op_type)
 
 
-def _location(tensor: Any) -> str | None:
-    """The file holding an initializer's data, when it is kept outside the graph."""
-    return next((entry.value for entry in tensor.external_data if entry.key == "location"), None)
+def repack_weights(graph: Any, folder: Path, target: Path, location: str) -> None:
+    """Every tensor of `graph` past `INLINE_BELOW` bytes written to `target` and pointed at
+    as `location` (relative to `folder`, where it will be renamed to): those kept outside the graph
+    copied from their files one at a time, those the fusion made in memory moved out."""
+    with target.open("wb") as out:
+        for tensor in _tensors(graph):
+            source = {entry.key: entry.value for entry in tensor.external_data}
+            if "location" in source:
+                with (folder / source["location"]).open("rb") as file:
+                    file.seek(int(source.get("offset", 0)))
+                    data = file.read(int(source["length"])) if "length" in source else file.read()
+            elif tensor.HasField("raw_data") and len(tensor.raw_data) >= INLINE_BELOW:
+                data = tensor.raw_data
+                tensor.ClearField("raw_data")
+            else:
+                continue
+            offset = out.tell()
+            out.write(data)
+            del tensor.external_data[:]
+            for key, value in (("location", location), ("offset", str(offset)), ("length", str(len(data)))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
+            tensor.data_location = tensor.EXTERNAL
+
+
+def _tensors(graph: Any) -> Iterator[Any]:
+    """Every tensor a graph holds: its initializers and its nodes' tensor attributes (a `Constant`
+    keeps its value there, and the exporter may have moved it out too), subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from _tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _tensors(subgraph)
 
 
 def split_self_attention(graph: Any) -> int:
