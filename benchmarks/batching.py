@@ -17,6 +17,8 @@ the matrix work, so the throughput goal is judged on fp32 (and fp16), not on int
 from __future__ import annotations
 
 import math
+import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +101,35 @@ def compare(
         for process in started:
             process.stop()
     return rows
+
+
+CEILING_BATCHES = (1, 16, 64)
+
+
+def model_ceiling(
+    directory: Path, texts: dict[str, str], rounds: int = 3, block: int = 10
+) -> dict[str, dict[str, float]]:
+    """Inputs per second of the model call alone, in this process, with `batch` copies of each
+    sentence per call: what batching can gain before any HTTP work shares the cores. Each size runs
+    in blocks of `block` calls, sizes in turn for `rounds` rounds (a call right after a bigger one
+    pays for the caches that one left); the median call. Keyed by sentence and batch size (a
+    string, as in the results' JSON)."""
+    import runtime
+
+    pipe = runtime.load(directory)
+    ceiling: dict[str, dict[str, float]] = {}
+    for sentence, text in texts.items():
+        batches = {size: [text] * size for size in CEILING_BATCHES}
+        seconds: dict[int, list[float]] = {size: [] for size in batches}
+        for _ in range(rounds):
+            for size, batch in batches.items():
+                pipe(batch)
+                for _ in range(block):
+                    start = time.perf_counter()
+                    pipe(batch)
+                    seconds[size].append(time.perf_counter() - start)
+        ceiling[sentence] = {str(size): size / statistics.median(times) for size, times in seconds.items()}
+    return ceiling
 
 
 def artifact_name(artifact: str, precision: str) -> str:
