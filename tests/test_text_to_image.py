@@ -25,6 +25,7 @@ from typing import Any
 
 import diffusers
 import httpx
+import msgspec
 import numpy as np
 import pytest
 import torch
@@ -535,3 +536,30 @@ def test_optimize_none_keeps_the_unfused_unet_and_other_levels_are_refused(model
     with pytest.raises(CompileFailed, match="--optimize none"):
         o3 = CompileOptions(task="text-to-image", optimize=Optimization.O3)
         build(model_dir, tmp_path / "o3", source=source, options=o3, key="t", started=0.0, log=print)
+
+
+def test_sdxl_vae_latents_mean_and_std_unscale_as_diffusers(
+    xl: tuple[Path, TextToImagePipeline, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A VAE whose config has `latents_mean`/`latents_std` (none of the tiny ones does) is fed
+    `latents * std / scaling_factor + mean`, channel by channel, as `StableDiffusionXLPipeline`."""
+    _, served, _ = xl
+    engine = served.engine
+    assert served.describe()["pipeline"] == "StableDiffusionXLPipeline"
+    mean, std = [0.1, -0.2, 0.3, 0.0], [1.5, 0.5, 2.0, 1.0]
+    monkeypatch.setattr(
+        engine, "info", msgspec.structs.replace(engine.info, vae_latents_mean=mean, vae_latents_std=std)
+    )
+    fed: list[np.ndarray] = []
+    monkeypatch.setattr(
+        engine.vae_decoder,
+        "run",
+        lambda feeds: fed.append(feeds["latent_sample"]) or {"sample": np.zeros((1, 3, 8, 8))},
+    )
+    latents = np.random.default_rng(0).standard_normal((1, 4, 4, 4), dtype=np.float32)
+    engine.decode(latents)
+    scale = engine.info.vae_scaling_factor
+    want = latents * np.asarray(std, np.float32).reshape(1, 4, 1, 1) / scale + np.asarray(mean, np.float32).reshape(
+        1, 4, 1, 1
+    )
+    np.testing.assert_allclose(fed[0], want, rtol=1e-6)

@@ -411,6 +411,7 @@ class TextToImagePipeline(Pipeline):
         info = self.info
         return {
             **super().describe(),
+            "pipeline": info.pipeline,
             "default_size": [info.default_width, info.default_height],
             "size_multiple": info.size_multiple,
             "default_steps": info.default_steps,
