@@ -386,7 +386,7 @@ def batching_goals(section: dict[str, Any]) -> list[dict[str, Any]]:
     worse of short and long sentences."""
     rows = section.get("rows", [])
     short = section.get("model_ceiling_items_per_s", {}).get("short", {})
-    alone = f"; the fp32 model call alone: {short['16'] / short['1']:.2f}x" if {"1", "16"} <= set(short) else ""
+    model_gain = f"; the fp32 model call alone: {short['16'] / short['1']:.2f}x" if {"1", "16"} <= set(short) else ""
     found = []
     for artifact, precision in dict.fromkeys((r["artifact"], r["precision"]) for r in rows):
         name = f"all-MiniLM-L6-v2 {batching.artifact_name(artifact, precision)} over HTTP"
@@ -399,7 +399,7 @@ def batching_goals(section: dict[str, Any]) -> list[dict[str, Any]]:
                     "goal": f"{name}, 16 clients, short sentences: req/s batching on / off",
                     "target": f">= {GOALS['batching_x16_short_speedup']:g}x",
                     "measured": f"{ratio:.2f}x ({on['throughput_rps']:.0f} / {off['throughput_rps']:.0f} req/s, "
-                    f"{on['items_per_call']:.1f} items/call{alone})",
+                    f"{on['items_per_call']:.1f} items/call{model_gain})",
                     "met": ratio >= GOALS["batching_x16_short_speedup"],
                 }
             )
