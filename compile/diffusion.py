@@ -196,6 +196,19 @@ def text_encoder_names(pipe: Any) -> list[str]:
     return [name for name in ("text_encoder", "text_encoder_2") if getattr(pipe, name, None) is not None]
 
 
+def tokenizer_folder(encoder: str) -> str:
+    """The pipeline's (and the artifact's) folder of a text encoder's tokenizer: `text_encoder_2` -> `tokenizer_2`."""
+    return encoder.replace("text_encoder", "tokenizer")
+
+
+def reference_output(out: Any, name: str) -> np.ndarray:
+    """The PyTorch output the graph's output `name` stands for: `hidden_states.N` is the encoder's
+    `hidden_states[N]` (N = 0 the embeddings), any other name the attribute of that name."""
+    kind, _, index = name.partition(".")
+    value = out.hidden_states[int(index)] if kind == "hidden_states" else getattr(out, name)
+    return value.numpy()  # type: ignore[no-any-return]
+
+
 def write_tokenizers(model_dir: Path, pipe: Any, artifact: Path) -> tuple[list[Any], list[TokenizerInfo]]:
     """`tokenizer/tokenizer.json` (and `tokenizer_2/`): the pipeline's own, or transformers'
     conversion of the slow CLIP tokenizer; and the facts the runtime pads each with."""
@@ -203,7 +216,7 @@ def write_tokenizers(model_dir: Path, pipe: Any, artifact: Path) -> tuple[list[A
 
     fasts, infos = [], []
     for encoder in text_encoder_names(pipe):
-        folder = encoder.replace("text_encoder", "tokenizer")
+        folder = tokenizer_folder(encoder)
         with captured():
             fast = transformers.AutoTokenizer.from_pretrained(model_dir / folder, use_fast=True)  # type: ignore[no-untyped-call]
         if not fast.is_fast:
@@ -226,10 +239,9 @@ def describe(pipe: Any, tokenizers: list[TokenizerInfo]) -> DiffusionInfo:
     encoders = []
     for index, name in enumerate(text_encoder_names(pipe)):
         layers = getattr(pipe, name).config.num_hidden_layers
-        tokenizer = name.replace("text_encoder", "tokenizer")
         encoders.append(
             TextEncoderInfo(
-                graph=f"{name}/model.onnx", tokenizer=f"{tokenizer}/tokenizer.json",
+                graph=f"{name}/model.onnx", tokenizer=f"{tokenizer_folder(name)}/tokenizer.json",
                 tokenizer_info=tokenizers[index] if index else None,
                 hidden_states=f"hidden_states.{layers - 1}" if xl else "last_hidden_state",  # diffusers' [-2]
                 pooled="text_embeds" if xl and name == "text_encoder_2" else None,
@@ -273,7 +285,7 @@ def validate_graphs(
     figures: dict[str, tuple[float, float]] = {}
     joined, pooled = [], None
     for name, encoder, fast_tokenizer in zip(text_encoder_names(pipe), engine.text_encoders, tokenizers):
-        slow_tokenizer, module = getattr(pipe, name.replace("text_encoder", "tokenizer")), getattr(pipe, name)
+        slow_tokenizer, module = getattr(pipe, tokenizer_folder(name)), getattr(pipe, name)
         length = encoder.tokenizer.max_length
         slow = slow_tokenizer(texts, padding="max_length", max_length=length, truncation=True, return_tensors="np")
         ids = np.asarray(slow["input_ids"], dtype=np.int64)
@@ -285,12 +297,12 @@ def validate_graphs(
             )
         with torch.inference_mode():
             out = module(torch.from_numpy(ids), output_hidden_states=True)
-        hidden = (out.hidden_states[-2] if info.time_ids else out[0]).numpy()
+        hidden = reference_output(out, encoder.info.hidden_states)  # what the artifact says the loop takes
         got = encoder.graph.run({"input_ids": ids})
         figures[name] = _compare(hidden, got[encoder.info.hidden_states])
         joined.append(hidden)
         if encoder.info.pooled is not None:
-            reference = out[0].numpy()
+            reference = reference_output(out, encoder.info.pooled)
             figures[f"{name} (pooled)"] = _compare(reference, got[encoder.info.pooled])
             pooled = reference if pooled is None else pooled
     hidden = np.concatenate(joined, axis=-1)

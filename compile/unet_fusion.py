@@ -49,9 +49,9 @@ def fuse_attention(path: Path) -> Counter[str]:
     from onnxruntime.transformers.optimizer import optimize_model
 
     options = FusionOptions("unet")
-    for cuda_only in ("enable_nhwc_conv", "enable_group_norm", "enable_skip_group_norm", "enable_bias_splitgelu",
+    for unused_on_cpu in ("enable_nhwc_conv", "enable_group_norm", "enable_skip_group_norm", "enable_bias_splitgelu",
                       "enable_bias_add", "enable_packed_qkv", "enable_packed_kv"):  # fmt: skip
-        setattr(options, cuda_only, False)
+        setattr(options, unused_on_cpu, False)
     folder = path.parent
     model = onnx.load(str(path), load_external_data=False)
     with _num_heads_from_one_element_arrays(), contextlib.chdir(folder):
