@@ -22,20 +22,28 @@ def guarded(artifacts: dict, start_server: Callable[..., Server]) -> Server:
     return start_server(str(artifacts["text-classification", "bert"]), KILN_API_TOKEN="s3cret")
 
 
+def _health_once_draining(server: Server, within_s: float = 5.0) -> httpx.Response:
+    """/health from the moment the server has taken the signal: the stream in flight must still be
+    generating when the new request arrives, so no fixed sleep sits between the two."""
+    deadline = time.monotonic() + within_s
+    while (health := httpx.get(f"{server.url}/health", timeout=5)).status_code == 200 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return health
+
+
 def test_sigterm_drains_work_in_flight_then_exits_0(artifacts: dict, start_server: Callable[..., Server]) -> None:
     server = start_server(str(artifacts["text-generation", "llama"]), KILN_MAX_NEW_TOKENS="3000")
-    body = {"inputs": "Hi", "parameters": {"max_new_tokens": 600, "details": True}, "stream": True}
+    body = {"inputs": "Hi", "parameters": {"max_new_tokens": 1500, "details": True}, "stream": True}
     with httpx.Client(timeout=60) as client, client.stream("POST", server.url, json=body) as response:
         lines = response.iter_lines()
         next(line for line in lines if line.startswith("data:"))
         server.process.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
-        health = httpx.get(f"{server.url}/health", timeout=5)
+        health = _health_once_draining(server)
         assert health.status_code == 503 and "shutting down" in health.json()["error"]
         refused = httpx.post(server.url, json={"inputs": "Hi", "parameters": {"max_new_tokens": 1}}, timeout=5)
         assert refused.status_code == 503
         events = [json.loads(line[5:]) for line in lines if line.startswith("data:")]
-    assert events[-1]["details"]["generated_tokens"] == 600, "the stream in flight was cut"
+    assert events[-1]["details"]["generated_tokens"] == 1500, "the stream in flight was cut"
     assert server.process.wait(timeout=15) == 0
 
 
