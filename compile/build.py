@@ -30,6 +30,7 @@ from compile.options import Candidate, CompileOptions, Device, Optimization, Pre
 from compile.quantize import quantize_int8
 from compile.tasks import ExportSpec, export_spec, infer_task, model_type
 from runtime.artifact import (
+    ACTIVATION_SCALES,
     MANIFEST,
     Manifest,
     SentencePooling,
@@ -310,6 +311,7 @@ def _build(
         pooling=reference.pooling, image_processor=reference.image_processor,
         feature_extractor=reference.feature_extractor,
         choice={"rule": CHOICE_RULE, "order": [c.name for c in plan], "tried": tried},
+        activation_scales=ACTIVATION_SCALES if candidate.precision is Precision.INT8 else None,
     )  # fmt: skip
     return manifest, lines
 
@@ -368,6 +370,7 @@ def write_artifact(
     choice: dict[str, Any] | None = None,
     graphs: dict[str, str] | None = None,
     model_file: str = "model.onnx",
+    activation_scales: str | None = None,
 ) -> Manifest:
     """Hash every file of a finished artifact directory and write its manifest, last."""
     import onnx
@@ -399,6 +402,7 @@ def write_artifact(
         feature_extractor=feature_extractor,
         choice=choice or {},
         graphs=graphs or {},
+        activation_scales=activation_scales,
     )  # fmt: skip
     write_manifest(artifact, manifest)
     return manifest

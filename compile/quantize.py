@@ -1,25 +1,28 @@
-"""Dynamic int8 for CPU, with SmoothQuant so that transformer activations survive it.
+"""Dynamic int8 for CPU: a scale per activation row, with SmoothQuant so that transformer
+activations survive it.
 
-Dynamic quantization scales each activation tensor as a whole, and transformer activations carry
-a few channels far larger than the rest; those channels set the scale and every other channel
-loses its precision. SmoothQuant (Xiao et al., 2023) moves that range into the weights: for a
-MatMul `X @ W`, with `s_j = max|X_j|^a / max|W_j|^(1-a)`, `X @ W == (X / s) @ (s * W)`. kiln
-inserts the `1/s` as an explicit Mul before each group of MatMuls sharing an input (so residual
-paths are untouched), folds `s` into their weights, then quantizes per channel.
+Transformer activations carry a few channels far larger than the rest; those channels set the
+scale and every other channel loses its precision. SmoothQuant (Xiao et al., 2023) moves that
+range into the weights: for a MatMul `X @ W`, with `s_j = max|X_j|^a / max|W_j|^(1-a)`,
+`X @ W == (X / s) @ (s * W)`. kiln inserts the `1/s` as an explicit Mul before each group of
+MatMuls sharing an input (so residual paths are untouched), folds `s` into their weights, then
+quantizes the weights per column and the activations per row (`quantize_rows`): an input's answer
+then depends on that input alone, so int8 artifacts batch like fp32 ones. ONNX Runtime's
+`quantize_dynamic` scales each activation tensor as a whole, which a batch's other rows move.
 
-Measured on all-MiniLM-L6-v2 (pooled sentence embeddings, worst cosine to fp32 over the 53 test
-sentences, `tests/sentences.py`): plain per-channel dynamic int8 0.967; SmoothQuant (a = 0.5)
-with the feed-forward output projections left in fp32 0.9865 with reduced range, 0.9916 without
-(the worst is always the shortest input, "Thanks!"), at about 1.4x the fp32 speed (`kiln bench`).
-Reduced range (7-bit weights) exists for CPUs without VNNI, where u8 x s8 products can saturate;
-kiln leaves it off and lets validation, run on the machine that compiles, catch a CPU where that
-costs accuracy.
+Measured on all-MiniLM-L6-v2 (mean-pooled sentence embeddings against the fp32 export, the 53 test
+sentences, `tests/sentences.py`): worst cosine 0.9985 with the feed-forward output projections left
+in fp32, as with per-tensor scales (0.9985); quantizing those too gives 0.9887. The model call at
+16 short sentences runs at ~1.5x fp32's rate and equals per-tensor int8's (`kiln bench`).
+No reduced range: it exists for CPUs without VNNI, where u8 x s8 products can saturate; validation,
+run on the machine that compiles, catches a CPU where that costs accuracy.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -65,54 +68,130 @@ def _topological(nodes: list[object], available: set[str]) -> list[object]:
     return ordered
 
 
-def smooth(source: Path, target: Path, feeds: Sequence[dict[str, np.ndarray]], alpha: float = ALPHA) -> None:
-    """Write `source` with SmoothQuant scales applied to every MatMul with a constant 2-D weight."""
-    import onnx
+def smooth(model: Any, feeds: Sequence[dict[str, np.ndarray]], alpha: float = ALPHA) -> None:
+    """Apply SmoothQuant scales, in place, to every MatMul of `model` with a constant 2-D weight."""
     from onnx import helper, numpy_helper
 
-    model = onnx.load(str(source))
     graph = model.graph
     weights = {init.name: init for init in graph.initializer}
-    groups: dict[str, list[object]] = {}
+    groups: dict[str, list[Any]] = {}
     for node in graph.node:
-        if node.op_type == "MatMul" and node.input[1] in weights and len(weights[node.input[1]].dims) == 2:
+        if _constant_weight(node, weights):
             groups.setdefault(node.input[0], []).append(node)
     amax = _calibrate(model, list(groups), feeds)
     for name, nodes in groups.items():
-        matrices = [numpy_helper.to_array(weights[n.input[1]]) for n in nodes]  # type: ignore[attr-defined]
+        matrices = [numpy_helper.to_array(weights[n.input[1]]) for n in nodes]
         wmax = np.max([np.abs(w).max(axis=1) for w in matrices], axis=0)
         scale = np.clip(amax[name] ** alpha / np.maximum(wmax, 1e-8) ** (1 - alpha), 1e-4, 1e4).astype(np.float32)
         inverse = numpy_helper.from_array((1.0 / scale).astype(np.float32), f"{name}/smooth_inverse")
         graph.initializer.append(inverse)
         graph.node.append(helper.make_node("Mul", [name, inverse.name], [f"{name}/smoothed"], name=f"{name}/smooth"))
         for node, matrix in zip(nodes, matrices):
-            node.input[0] = f"{name}/smoothed"  # type: ignore[attr-defined]
-            weights[node.input[1]].CopyFrom(numpy_helper.from_array(matrix * scale[:, None], node.input[1]))  # type: ignore[attr-defined]
+            node.input[0] = f"{name}/smoothed"
+            weights[node.input[1]].CopyFrom(numpy_helper.from_array(matrix * scale[:, None], node.input[1]))
     available = {i.name for i in graph.input} | {i.name for i in graph.initializer}
     ordered = _topological(list(graph.node), available)
     del graph.node[:]
-    graph.node.extend(ordered)  # type: ignore[arg-type]
-    onnx.save(model, str(target))
+    graph.node.extend(ordered)
+
+
+def _constant_weight(node: Any, weights: dict[str, Any]) -> bool:
+    return bool(node.op_type == "MatMul" and node.input[1] in weights and len(weights[node.input[1]].dims) == 2)
+
+
+def quantize_rows(model: Any, exclude: set[str]) -> None:
+    """Rewrite, in place, each MatMul `X @ W` with a constant 2-D weight (but those named in
+    `exclude`) as int8 x int8 -> int32 with a scale per row of `X` and per column of `W`:
+
+        s = max|X_row| / 127          q = round(X / s) + 128 (uint8, zero point 128)
+        X @ W ~= (q - 128) @ round(W / w) * w * s     (w = max|W_col| / 127, symmetric int8)
+
+    `QuantizeLinear`, `MatMulIntegerToFloat` (ONNX Runtime's fused int8 GEMM, scale per column of
+    the weight) and a `Mul` by the row's scale; one quantized `X` serves every MatMul that reads it.
+    A row's result depends on that row alone and the integer products are exact, so an input
+    gives the same answer alone or in any batch; `quantize_dynamic` scales the whole activation
+    tensor instead, and a batch's other rows would move it."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    weights = {init.name: init for init in graph.initializer}
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array(1.0 / 127, np.float32), "rows/inverse_127"),
+            numpy_helper.from_array(np.array(1e-12, np.float32), "rows/tiny"),
+            numpy_helper.from_array(np.array(1.0, np.float32), "rows/one"),
+            numpy_helper.from_array(np.array(128, np.uint8), "rows/zero_point"),
+            numpy_helper.from_array(np.array([-1], np.int64), "rows/last_axis"),
+        ]
+    )
+    nodes: list[Any] = []
+    quantized: dict[str, tuple[str, str]] = {}  # activation -> (its uint8 rows, their scales)
+    packed: set[str] = set()
+    for node in graph.node:
+        if not _constant_weight(node, weights) or node.name in exclude:
+            nodes.append(node)
+            continue
+        x, w = node.input[0], node.input[1]
+        if w not in packed:
+            matrix = numpy_helper.to_array(weights[w])
+            column_scale = (np.maximum(np.abs(matrix).max(axis=0), 1e-12) / 127).astype(np.float32)
+            integers = np.round(matrix / column_scale).astype(np.int8)
+            graph.initializer.append(numpy_helper.from_array(integers, f"{w}/int8"))
+            graph.initializer.append(numpy_helper.from_array(column_scale, f"{w}/scale"))
+            packed.add(w)
+        if x not in quantized:
+            quantized[x] = _quantize_rows_of(x, nodes)
+        rows, scale = quantized[x]
+        y = node.output[0]
+        nodes += [
+            helper.make_node(
+                "MatMulIntegerToFloat",
+                [rows, f"{w}/int8", "rows/one", f"{w}/scale", "rows/zero_point"],
+                [f"{y}/unscaled"],
+                name=f"{node.name}/int8",
+                domain="com.microsoft",
+            ),
+            helper.make_node("Mul", [f"{y}/unscaled", scale], [y], name=f"{node.name}/row_scale"),
+        ]
+    used = {name for node in nodes for name in node.input}
+    kept = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    if not any(opset.domain == "com.microsoft" for opset in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+
+
+def _quantize_rows_of(x: str, nodes: list[Any]) -> tuple[str, str]:
+    """Append the nodes that quantize activation `x` per row; the names of its uint8 rows and scales."""
+    from onnx import helper
+
+    p = f"{x}/rows"
+
+    def node(op: str, inputs: list[str], output: str, **attributes: Any) -> None:
+        nodes.append(helper.make_node(op, inputs, [f"{p}/{output}"], name=f"{p}/{output}", **attributes))
+
+    node("Abs", [x], "abs")
+    node("ReduceMax", [f"{p}/abs", "rows/last_axis"], "max", keepdims=1)
+    node("Max", [f"{p}/max", "rows/tiny"], "max_nonzero")
+    node("Mul", [f"{p}/max_nonzero", "rows/inverse_127"], "scale")
+    node("Div", [x, f"{p}/scale"], "scaled")
+    node("QuantizeLinear", [f"{p}/scaled", "rows/one", "rows/zero_point"], "uint8")
+    return f"{p}/uint8", f"{p}/scale"
 
 
 def quantize_int8(source: Path, target: Path, calibration: Sequence[dict[str, np.ndarray]]) -> None:
-    """SmoothQuant, then dynamic per-channel int8 on the MatMuls with constant weights, except the
-    feed-forward output projections (their GELU inputs are the hardest to quantize). Quantizes the
-    plain fp32 export: quantizing a fused graph fails."""
+    """SmoothQuant, then int8 with a scale per activation row (`quantize_rows`) on the MatMuls with
+    constant weights, except the feed-forward output projections (their GELU inputs are the hardest
+    to quantize). Quantizes the plain fp32 export: quantizing a fused graph fails."""
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    smoothed = target.with_suffix(".smoothed.onnx")
-    smooth(source, smoothed, calibration)
-    graph = onnx.load(str(smoothed), load_external_data=False).graph
-    ffn_out = [
-        n.name for n in graph.node if n.op_type == "MatMul" and "/output/dense/" in n.name and "attention" not in n.name
-    ]
-    quantize_dynamic(
-        smoothed, target, per_channel=True, reduce_range=False, weight_type=QuantType.QInt8,
-        op_types_to_quantize=["MatMul"], nodes_to_exclude=ffn_out, extra_options={"MatMulConstBOnly": True},
-    )  # fmt: skip
-    smoothed.unlink()
+    model = onnx.load(str(source))
+    smooth(model, calibration)
+    ffn_out = {n.name for n in model.graph.node if "/output/dense/" in n.name and "attention" not in n.name}
+    quantize_rows(model, exclude=ffn_out)
+    onnx.save(model, str(target))
 
 
 def quantize_decoding_graph(source: Path, target: Path) -> None:

@@ -20,6 +20,8 @@ from runtime.errors import ArtifactError
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 2
+ACTIVATION_SCALES = "per-row"
+"""How compile's int8 scales activations at run time (`compile.quantize.quantize_rows`)."""
 READABLE_FORMATS = (1, 2)  # 2: preprocessors are components, so `tokenizer` may be absent
 
 
@@ -90,10 +92,18 @@ class Manifest(msgspec.Struct, frozen=True):
     feature_extractor: dict[str, Any] | None = None  # audio features, as `runtime.audio` rebuilt them
     choice: dict[str, Any] = {}  # how compile chose among its candidates, and what each measured
     graphs: dict[str, str] = {}
+    activation_scales: str | None = None  # int8: "per-row" (ACTIVATION_SCALES); None on int8 means per tensor
     backend: str = "onnxruntime"
     compile_seconds: float = 0.0
     config_hash: str = ""
     format: int = FORMAT_VERSION
+
+    @property
+    def batch_invariant(self) -> bool:
+        """Whether an input's answer is the same alone as in any batch: not so for int8 with a
+        scale per activation tensor (artifacts compiled before the scales were per row), whose
+        other rows and padding would move it."""
+        return self.precision != "int8" or self.activation_scales == ACTIVATION_SCALES
 
 
 def sha256(path: Path) -> str:

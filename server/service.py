@@ -120,12 +120,17 @@ class Service:
         if self.batcher is None:
             reason = "off (KILN_BATCHING)" if not self.settings.batching else "generation is its own loop: not batched"
             return {"enabled": False, "why": reason}
-        return {
+        assert self.pipeline is not None
+        described: dict[str, Any] = {
             "enabled": True,
             "max_items": self.settings.max_batch_items,
             "max_tokens": self.settings.max_batch_tokens,
             "max_wait_ms": self.settings.batch_wait_ms,
+            "max_rows_per_graph_run": self.pipeline.batch_size,
         }
+        if not self.pipeline.manifest.batch_invariant:
+            described["why_one_row"] = "int8 scaled per activation tensor (compiled by an older kiln): recompile"
+        return described
 
     def _compiling(self, line: str) -> None:
         self.phase = "the model is compiling (first start)"

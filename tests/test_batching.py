@@ -149,8 +149,9 @@ def sentences(n: int) -> list[str]:
     return [" ".join(words[: 3 + (i * 7) % 14]) + f" {i}" for i in range(n)]
 
 
-def test_concurrent_answers_equal_unbatched_answers(batched: Server, unbatched: Server) -> None:
-    texts = sentences(48)
+def concurrent_and_alone(batched: Server, unbatched: Server, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Each text's answer from 16 concurrent clients of `batched`, and from `unbatched` one by one;
+    asserts that the batched server's model calls did serve several requests at once."""
     with httpx.Client(timeout=60) as client:
         alone = [client.post(unbatched.url, json={"inputs": text}).json() for text in texts]
 
@@ -160,14 +161,34 @@ def test_concurrent_answers_equal_unbatched_answers(batched: Server, unbatched: 
 
     with ThreadPoolExecutor(16) as pool:
         together = list(pool.map(ask, range(len(texts))))
-    for ours, theirs in zip(together, alone):
-        np.testing.assert_allclose(np.array(ours), np.array(theirs), atol=1e-5)
     metrics = httpx.get(f"{batched.url}/metrics").text
     shared = re.search(r'kiln_model_batch_requests_bucket\{le="1.0"\} ([0-9.]+)', metrics)
     total = re.search(r"kiln_model_batch_requests_count ([0-9.]+)", metrics)
     assert shared and total and float(shared.group(1)) < float(total.group(1)), "no model call served two requests"
+    return np.array(together), np.array(alone)
+
+
+def test_concurrent_answers_equal_unbatched_answers(batched: Server, unbatched: Server) -> None:
+    together, alone = concurrent_and_alone(batched, unbatched, sentences(48))
+    np.testing.assert_allclose(together, alone, atol=1e-5)
     info = httpx.get(f"{batched.url}/info").json()
     assert info["batching"]["enabled"] and not httpx.get(f"{unbatched.url}/info").json()["batching"]["enabled"]
+
+
+def test_int8_batches_and_each_answer_is_the_one_it_gets_alone(
+    minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory, start_server: Callable[..., Server]
+) -> None:
+    """int8 scales each activation row alone (compile.quantize.quantize_rows), so sharing a model
+    call, padding included, leaves every answer exactly as it is alone."""
+    from compile import CompileOptions, Precision, Progress, compile_model
+
+    out = tmp_path_factory.mktemp("minilm-int8") / "feature-extraction"
+    options = CompileOptions(task="feature-extraction", precision=Precision.INT8)
+    artifact = compile_model(minilm_dir, out, options, Progress(quiet=True)).directory
+    batched = start_server(str(artifact))
+    together, alone = concurrent_and_alone(batched, start_server(str(artifact), KILN_BATCHING="0"), sentences(48))
+    np.testing.assert_array_equal(together, alone)
+    assert httpx.get(f"{batched.url}/info").json()["batching"]["max_rows_per_graph_run"] > 1
 
 
 def test_clients_that_leave_do_not_break_the_batch(batched: Server) -> None:

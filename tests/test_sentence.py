@@ -104,7 +104,8 @@ def test_real_minilm_int8_holds_its_gate(minilm_dir: Path, minilm_sentence: runt
     int8 = runtime.load(out)
     batch = np.array(int8(SENTENCES))
     assert cosines(batch, minilm_sentence(SENTENCES)).min() >= 0.99
-    np.testing.assert_allclose(batch[3], int8(SENTENCES[3]), atol=1e-6)  # the batch never moves a result
+    assert int8.batch_size > 1, "int8 scales activations per row: it batches like fp32"
+    np.testing.assert_array_equal(batch, [int8(text) for text in SENTENCES])  # the batch never moves a result
     similarities = [int8({"source_sentence": a, "sentences": [b]})[0] for a, b, _ in GRADED_PAIRS]
     reference = [minilm_sentence({"source_sentence": a, "sentences": [b]})[0] for a, b, _ in GRADED_PAIRS]
     assert spearman(similarities, reference) >= 0.99

@@ -141,9 +141,7 @@ class Pipeline:
         self.options = options
         self.model = OnnxModel(directory / manifest.model_file, options)
         self.config: dict[str, Any] = json.loads((directory / "config.json").read_text())
-        # Dynamic int8 scales activations per tensor, so a batch's other rows (and its padding)
-        # would move each input's result: int8 runs one input at a time, exact whatever the batch.
-        self.batch_size = 1 if manifest.precision == "int8" else self.max_batch_size
+        self.batch_size = self.max_batch_size if manifest.batch_invariant else 1
 
     @classmethod
     def variant(cls, manifest: Manifest) -> type[Pipeline]:
