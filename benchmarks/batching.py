@@ -9,9 +9,9 @@ the goal is a fraction of a millisecond, the row's seconds are cut into four sli
 own `/metrics` say how many inputs a model call took on average during the batched row (the
 difference of `kiln_model_batch_items` between before and after it).
 
-int8 artifacts run one input at a time inside the model call, by design (dynamic per-tensor scales
-would let a batch's other inputs move a result): batching gathers their requests but cannot share
-the matrix work, so the throughput goal is judged on fp32 (and fp16), not on int8.
+int8 artifacts batch like fp32 ones: their activations are scaled per row (`compile.quantize`), so a
+batch never moves an answer. (An int8 artifact compiled before that runs one input at a time inside
+the model call; the bench compiles its own.)
 """
 
 from __future__ import annotations

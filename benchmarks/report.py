@@ -115,9 +115,8 @@ def _batching(results: dict[str, Any]) -> list[str]:
         f"same clients as above for {batching['seconds_per_level']:g} s per row (one client: in four slices "
         "taken in turn on one and the other); one sentence per request, short ~16 tokens, "
         "long ~128. Items per call: the mean inputs per model call during the batched run, from the "
-        "server's `/metrics` (`kiln_model_batch_items`). int8 runs one input at a time inside the model "
-        "call by design (dynamic per-tensor scales would let a batch move a result): batching gathers "
-        "its requests but cannot share the matrix work, so its throughput is not a goal.",
+        "server's `/metrics` (`kiln_model_batch_items`). int8 scales activations per row, so its "
+        "batches share the matrix work like fp32's and never move an answer.",
         "",
         "| artifact | sentence | clients | req/s off | req/s on | on / off | p50 off | p50 on | p95 off | p95 on "
         "| items/call |",

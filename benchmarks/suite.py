@@ -308,17 +308,18 @@ def batch_serving(
     if not quick:
         artifacts.append(default)
     levels = BATCHING_QUICK if quick else CONCURRENCY
-    ceiling = batching.model_ceiling(fp32.directory, texts)
-    for sentence, rates in ceiling.items():
-        gains = ", ".join(f"batch {size} {rate:.0f}/s" for size, rate in rates.items())
-        say(f"server: batching, the fp32 model call alone, {sentence} sentences: {gains}")
+    ceilings = {artifact.label: batching.model_ceiling(artifact.directory, texts) for artifact in artifacts}
+    for label, ceiling in ceilings.items():
+        for sentence, rates in ceiling.items():
+            gains = ", ".join(f"batch {size} {rate:.0f}/s" for size, rate in rates.items())
+            say(f"server: batching, the {label} model call alone, {sentence} sentences: {gains}")
     rows = []
     for artifact in artifacts:
         rows += batching.compare(artifact, work / "cache", texts, levels, seconds, say)
     return {
         "texts": texts,
         "seconds_per_level": seconds,
-        "model_ceiling_items_per_s": ceiling,
+        "model_ceiling_items_per_s": ceilings,
         "rows": [dataclasses.asdict(row) for row in rows],
     }
 
@@ -380,18 +381,17 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def batching_goals(section: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per artifact: 16 clients on short sentences, req/s batching on / off (not for int8: it runs
-    one input at a time inside the model call, so batching cannot share its work), beside what
-    the fp32 model call alone gains from batch 1 to 16; and one client, p50 on - p50 off, the
-    worse of short and long sentences."""
+    """Per artifact: 16 clients on short sentences, req/s batching on / off, beside what its model
+    call alone gains from batch 1 to 16; and one client, p50 on - p50 off, the worse of short and
+    long sentences."""
     rows = section.get("rows", [])
-    short = section.get("model_ceiling_items_per_s", {}).get("short", {})
-    model_gain = f"; the fp32 model call alone: {short['16'] / short['1']:.2f}x" if {"1", "16"} <= set(short) else ""
     found = []
     for artifact, precision in dict.fromkeys((r["artifact"], r["precision"]) for r in rows):
         name = f"all-MiniLM-L6-v2 {batching.artifact_name(artifact, precision)} over HTTP"
+        short = section.get("model_ceiling_items_per_s", {}).get(artifact, {}).get("short", {})
+        model_gain = f"; its model call alone: {short['16'] / short['1']:.2f}x" if {"1", "16"} <= set(short) else ""
         busy = batching.pair(rows, artifact, "short", 16)
-        if busy is not None and precision != "int8":
+        if busy is not None:
             on, off = busy
             ratio = on["throughput_rps"] / off["throughput_rps"] if off["throughput_rps"] else math.nan
             found.append(
