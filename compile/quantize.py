@@ -21,6 +21,7 @@ run on the machine that compiles, catches a CPU where that costs accuracy.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -106,52 +107,62 @@ def quantize_rows(model: Any, exclude: set[str]) -> None:
         s = max|X_row| / 127          q = round(X / s) + 128 (uint8, zero point 128)
         X @ W ~= (q - 128) @ round(W / w) * w * s     (w = max|W_col| / 127, symmetric int8)
 
-    `QuantizeLinear`, `MatMulIntegerToFloat` (ONNX Runtime's fused int8 GEMM, scale per column of
-    the weight) and a `Mul` by the row's scale; one quantized `X` serves every MatMul that reads it.
-    A row's result depends on that row alone and the integer products are exact, so an input
-    gives the same answer alone or in any batch; `quantize_dynamic` scales the whole activation
-    tensor instead, and a batch's other rows would move it."""
+    On `X` viewed as rows (`[-1, K]`): ReduceMax and ReduceMin for the scales, `QuantizeLinear`
+    along the rows, then `MatMulIntegerToFloat` (ONNX Runtime's fused int8 GEMM, the weight's
+    scale per column) and a `Mul` by the rows' scales; one quantized `X` serves every MatMul that
+    reads it. A row's result depends on that row alone and the integer products are exact, so an
+    input gives the same answer alone or in any batch; `quantize_dynamic` scales the whole
+    activation tensor instead, and a batch's other rows would move it. Measured against it (its
+    fused `DynamicQuantizeMatMul`, one input per call): all-MiniLM-L6-v2 at 16 tokens the same
+    time (3.26 against 3.23 ms), ViT-S/16 8% slower (34.3 against 31.7 ms)."""
     from onnx import helper, numpy_helper
 
     graph = model.graph
     weights = {init.name: init for init in graph.initializer}
-    graph.initializer.extend(
-        [
-            numpy_helper.from_array(np.array(1.0 / 127, np.float32), "rows/inverse_127"),
-            numpy_helper.from_array(np.array(1e-12, np.float32), "rows/tiny"),
-            numpy_helper.from_array(np.array(1.0, np.float32), "rows/one"),
-            numpy_helper.from_array(np.array(128, np.uint8), "rows/zero_point"),
-            numpy_helper.from_array(np.array([-1], np.int64), "rows/last_axis"),
-        ]
-    )
+    constants: dict[str, np.ndarray] = {
+        "rows/inverse_127": np.array(1.0 / 127, np.float32),
+        "rows/tiny": np.array(1e-12, np.float32),
+        "rows/one": np.array(1.0, np.float32),
+        "rows/zero_point": np.array(128, np.uint8),
+        "rows/column": np.array([-1, 1], np.int64),
+        "rows/first": np.array([0], np.int64),
+        "rows/last": np.array([-1], np.int64),
+        "rows/axis_1": np.array([1], np.int64),
+    }
+    graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in constants.items())
+    opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     nodes: list[Any] = []
-    quantized: dict[str, tuple[str, str]] = {}  # activation -> (its uint8 rows, their scales)
+    quantized: dict[str, _Rows] = {}
     packed: set[str] = set()
     for node in graph.node:
         if not _constant_weight(node, weights) or node.name in exclude:
             nodes.append(node)
             continue
         x, w = node.input[0], node.input[1]
+        matrix_shape = tuple(weights[w].dims)
         if w not in packed:
             matrix = numpy_helper.to_array(weights[w])
             column_scale = (np.maximum(np.abs(matrix).max(axis=0), 1e-12) / 127).astype(np.float32)
             integers = np.round(matrix / column_scale).astype(np.int8)
             graph.initializer.append(numpy_helper.from_array(integers, f"{w}/int8"))
             graph.initializer.append(numpy_helper.from_array(column_scale, f"{w}/scale"))
+            graph.initializer.append(numpy_helper.from_array(np.array(matrix_shape[1:], np.int64), f"{w}/columns"))
             packed.add(w)
         if x not in quantized:
-            quantized[x] = _quantize_rows_of(x, nodes)
-        rows, scale = quantized[x]
+            quantized[x] = _quantize_rows_of(x, matrix_shape[0], nodes, graph, opset)
+        rows = quantized[x]
         y = node.output[0]
         nodes += [
             helper.make_node(
                 "MatMulIntegerToFloat",
-                [rows, f"{w}/int8", "rows/one", f"{w}/scale", "rows/zero_point"],
+                [rows.uint8, f"{w}/int8", "rows/one", f"{w}/scale", "rows/zero_point"],
                 [f"{y}/unscaled"],
                 name=f"{node.name}/int8",
                 domain="com.microsoft",
             ),
-            helper.make_node("Mul", [f"{y}/unscaled", scale], [y], name=f"{node.name}/row_scale"),
+            helper.make_node("Mul", [f"{y}/unscaled", rows.scales], [f"{y}/rows"], name=f"{node.name}/row_scale"),
+            helper.make_node("Concat", [rows.leading_shape, f"{w}/columns"], [f"{y}/shape"], axis=0, name=f"{y}/shape"),
+            helper.make_node("Reshape", [f"{y}/rows", f"{y}/shape"], [y], name=f"{node.name}/reshape"),
         ]
     used = {name for node in nodes for name in node.input}
     kept = [init for init in graph.initializer if init.name in used]
@@ -163,22 +174,44 @@ def quantize_rows(model: Any, exclude: set[str]) -> None:
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
 
 
-def _quantize_rows_of(x: str, nodes: list[Any]) -> tuple[str, str]:
-    """Append the nodes that quantize activation `x` per row; the names of its uint8 rows and scales."""
-    from onnx import helper
+@dataclass(frozen=True)
+class _Rows:
+    """An activation quantized per row: its uint8 rows `[M, K]`, their scales `[M, 1]`, and the
+    shape of its leading axes (a MatMul's output is those and the weight's columns)."""
+
+    uint8: str
+    scales: str
+    leading_shape: str
+
+
+def _quantize_rows_of(x: str, depth: int, nodes: list[Any], graph: Any, opset: int) -> _Rows:
+    """Append the nodes that quantize activation `x` (last axis `depth`) per row. ReduceMax and
+    ReduceMin instead of ReduceMax(Abs) and a per-row `QuantizeLinear` instead of a Div: two
+    passes over `x` fewer (ViT-S/16: 34.3 ms a call against 36.1). (Reductions take their axes as
+    an input from opset 18, as an attribute before.)"""
+    from onnx import helper, numpy_helper
 
     p = f"{x}/rows"
 
-    def node(op: str, inputs: list[str], output: str, **attributes: Any) -> None:
+    def node(op: str, inputs: list[str], output: str, **attributes: Any) -> str:
         nodes.append(helper.make_node(op, inputs, [f"{p}/{output}"], name=f"{p}/{output}", **attributes))
+        return f"{p}/{output}"
 
-    node("Abs", [x], "abs")
-    node("ReduceMax", [f"{p}/abs", "rows/last_axis"], "max", keepdims=1)
-    node("Max", [f"{p}/max", "rows/tiny"], "max_nonzero")
-    node("Mul", [f"{p}/max_nonzero", "rows/inverse_127"], "scale")
-    node("Div", [x, f"{p}/scale"], "scaled")
-    node("QuantizeLinear", [f"{p}/scaled", "rows/one", "rows/zero_point"], "uint8")
-    return f"{p}/uint8", f"{p}/scale"
+    def reduce(op: str, tensor: str, output: str) -> str:
+        if opset >= 18:
+            return node(op, [tensor, "rows/axis_1"], output, keepdims=0)
+        return node(op, [tensor], output, keepdims=0, axes=[1])
+
+    graph.initializer.append(numpy_helper.from_array(np.array([-1, depth], np.int64), f"{p}/matrix_shape"))
+    matrix = node("Reshape", [x, f"{p}/matrix_shape"], "matrix")
+    largest = node("Neg", [reduce("ReduceMin", matrix, "min")], "negated_min")
+    magnitude = node("Max", [reduce("ReduceMax", matrix, "max"), largest, "rows/tiny"], "magnitude")
+    scale = node("Mul", [magnitude, "rows/inverse_127"], "scale")
+    zero_points = node("Expand", ["rows/zero_point", node("Shape", [scale], "count")], "zero_points")
+    uint8 = node("QuantizeLinear", [matrix, scale, zero_points], "uint8", axis=0)
+    scales = node("Reshape", [scale, "rows/column"], "scales")
+    leading = node("Slice", [node("Shape", [x], "shape"), "rows/first", "rows/last"], "leading_shape")
+    return _Rows(uint8, scales, leading)
 
 
 def quantize_int8(source: Path, target: Path, calibration: Sequence[dict[str, np.ndarray]]) -> None:

@@ -6,17 +6,18 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from compile.quantize import quantize_rows
 
 
-def matmul_graph(weight: np.ndarray) -> onnx.ModelProto:
+def matmul_graph(weight: np.ndarray, opset: int = 18) -> onnx.ModelProto:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "rows", weight.shape[0]])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "rows", weight.shape[1]])
     node = helper.make_node("MatMul", ["x", "w"], ["y"], name="/dense/MatMul")
     graph = helper.make_graph([node], "matmul", [x], [y], [numpy_helper.from_array(weight, "w")])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
 def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
@@ -24,10 +25,11 @@ def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     return np.asarray(session.run(None, {"x": x})[0])
 
 
-def test_rows_are_quantized_alone_and_the_products_follow_the_formula() -> None:
+@pytest.mark.parametrize("opset", [14, 17, 18])  # ReduceMax's axes: an attribute before 18, an input since
+def test_rows_are_quantized_alone_and_the_products_follow_the_formula(opset: int) -> None:
     rng = np.random.default_rng(0)
     weight = rng.normal(size=(64, 48)).astype(np.float32)
-    model = matmul_graph(weight)
+    model = matmul_graph(weight, opset)
     quantize_rows(model, exclude=set())
     assert [n.op_type for n in model.graph.node if n.domain == "com.microsoft"] == ["MatMulIntegerToFloat"]
 
