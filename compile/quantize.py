@@ -112,9 +112,9 @@ def quantize_rows(model: Any, exclude: set[str]) -> None:
     scale per column) and a `Mul` by the rows' scales; one quantized `X` serves every MatMul that
     reads it. A row's result depends on that row alone and the integer products are exact, so an
     input gives the same answer alone or in any batch; `quantize_dynamic` scales the whole
-    activation tensor instead, and a batch's other rows would move it. Measured against it (its
-    fused `DynamicQuantizeMatMul`, one input per call): all-MiniLM-L6-v2 at 16 tokens the same
-    time (3.26 against 3.23 ms), ViT-S/16 8% slower (34.3 against 31.7 ms)."""
+    activation tensor instead, and a batch's other rows would move it. The price, against its
+    fused `DynamicQuantizeMatMul` at batch 1: the scales and the bias adds are separate nodes,
+    1-13% of a call over four interleaved runs (all-MiniLM-L6-v2 at 16 tokens, ViT-S/16)."""
     from onnx import helper, numpy_helper
 
     graph = model.graph
@@ -185,10 +185,10 @@ class _Rows:
 
 
 def _quantize_rows_of(x: str, depth: int, nodes: list[Any], graph: Any, opset: int) -> _Rows:
-    """Append the nodes that quantize activation `x` (last axis `depth`) per row. ReduceMax and
-    ReduceMin instead of ReduceMax(Abs) and a per-row `QuantizeLinear` instead of a Div: two
-    passes over `x` fewer (ViT-S/16: 34.3 ms a call against 36.1). (Reductions take their axes as
-    an input from opset 18, as an attribute before.)"""
+    """Append the nodes that quantize activation `x` (last axis `depth`) per row: ReduceMax and
+    ReduceMin rather than ReduceMax(Abs), and a per-row `QuantizeLinear` rather than a Div, read
+    and write `x` two times fewer. (Reductions take their axes as an input from opset 18, as an
+    attribute before.)"""
     from onnx import helper, numpy_helper
 
     p = f"{x}/rows"
