@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from runtime.artifact import Manifest, is_artifact, read_manifest
 from runtime.errors import ArtifactError, InvalidInput, InvalidParameter, KilnError, Unprocessable
