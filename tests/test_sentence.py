@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 
 import runtime
 from compile import CompileOptions, Precision, Progress, compile_model
+from runtime.artifact import read_manifest, write_manifest
 from tests.sentences import GRADED_PAIRS, SENTENCES
 from tests.support.text import ARCHITECTURES
 
@@ -106,6 +108,9 @@ def test_real_minilm_int8_holds_its_gate(minilm_dir: Path, minilm_sentence: runt
     assert cosines(batch, minilm_sentence(SENTENCES)).min() >= 0.99
     assert int8.batch_size > 1, "int8 scales activations per row: it batches like fp32"
     np.testing.assert_array_equal(batch, [int8(text) for text in SENTENCES])  # the batch never moves a result
+    # An int8 artifact from before (no `activation_scales`: per tensor) runs one row per graph run.
+    write_manifest(out, msgspec.structs.replace(read_manifest(out), activation_scales=None))
+    assert runtime.load(out).batch_size == 1
     similarities = [int8({"source_sentence": a, "sentences": [b]})[0] for a, b, _ in GRADED_PAIRS]
     reference = [minilm_sentence({"source_sentence": a, "sentences": [b]})[0] for a, b, _ in GRADED_PAIRS]
     assert spearman(similarities, reference) >= 0.99
