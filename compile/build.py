@@ -280,7 +280,10 @@ def _build(
         path = staging / f"{candidate.name}.onnx"
         with progress.step(f"building {candidate.name}"):
             if candidate.precision is Precision.INT8:
-                quantize_int8(context.fp32, path, reference.calibration)
+                if not quantize_int8(context.fp32, path, reference.calibration):
+                    lines.append(f"{candidate.name}: skipped, no MatMul or Gemm with a constant weight to quantize")
+                    tried[candidate.name] = {"passed": False, "skipped": "nothing to quantize"}
+                    continue
             else:
                 optimize_graph(
                     context.fp32, path, candidate.optimization, reference.model_type, options.device is Device.CUDA

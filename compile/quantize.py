@@ -214,17 +214,51 @@ def _quantize_rows_of(x: str, depth: int, nodes: list[Any], graph: Any, opset: i
     return _Rows(uint8, scales, leading)
 
 
-def quantize_int8(source: Path, target: Path, calibration: Sequence[dict[str, np.ndarray]]) -> None:
-    """SmoothQuant, then int8 with a scale per activation row (`quantize_rows`) on the MatMuls with
-    constant weights, except the feed-forward output projections (their GELU inputs are the hardest
-    to quantize). Quantizes the plain fp32 export: quantizing a fused graph fails."""
+def gemms_as_matmuls(model: Any) -> None:
+    """Rewrite, in place, each plain Gemm with a constant 2-D weight (`alpha` = `beta` = 1, no
+    transposed input) as MatMul and Add, the weight stored `[K, N]`: classifier heads export as
+    Gemm, and the rest of this module knows MatMul only."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    weights = {init.name: init for init in graph.initializer}
+    nodes: list[Any] = []
+    for node in graph.node:
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        scaled = attributes.get("alpha", 1.0) != 1.0 or attributes.get("beta", 1.0) != 1.0 or attributes.get("transA")
+        constant = len(node.input) > 1 and node.input[1] in weights and len(weights[node.input[1]].dims) == 2
+        if node.op_type != "Gemm" or scaled or not constant:
+            nodes.append(node)
+            continue
+        matrix = numpy_helper.to_array(weights[node.input[1]])
+        name = f"{node.input[1]}/as_matmul"
+        graph.initializer.append(numpy_helper.from_array(matrix.T if attributes.get("transB") else matrix, name))
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        product = f"{node.output[0]}/product" if bias else node.output[0]
+        nodes.append(helper.make_node("MatMul", [node.input[0], name], [product], name=f"{node.name}/MatMul"))
+        if bias:
+            nodes.append(helper.make_node("Add", [product, bias], [node.output[0]], name=f"{node.name}/bias"))
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def quantize_int8(source: Path, target: Path, calibration: Sequence[dict[str, np.ndarray]]) -> int:
+    """SmoothQuant, then int8 with a scale per activation row (`quantize_rows`) on the MatMuls (and
+    Gemms) with constant weights, except the feed-forward output projections (their GELU inputs
+    are the hardest to quantize). Quantizes the plain fp32 export: quantizing a fused graph fails.
+    Returns how many were quantized; with none, nothing is written."""
     import onnx
 
     model = onnx.load(str(source))
-    smooth(model, calibration)
+    gemms_as_matmuls(model)
     ffn_out = {n.name for n in model.graph.node if "/output/dense/" in n.name and "attention" not in n.name}
-    quantize_rows(model, exclude=ffn_out)
-    onnx.save(model, str(target))
+    weights = {init.name: init for init in model.graph.initializer}
+    quantizable = sum(_constant_weight(n, weights) and n.name not in ffn_out for n in model.graph.node)
+    if quantizable:
+        smooth(model, calibration)
+        quantize_rows(model, exclude=ffn_out)
+        onnx.save(model, str(target))
+    return quantizable
 
 
 def quantize_decoding_graph(source: Path, target: Path) -> None:
