@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from compile.graph_edits import replace_nodes
+
 ALPHA = 0.5
 
 
@@ -164,12 +166,7 @@ def quantize_rows(model: Any, exclude: set[str]) -> None:
             helper.make_node("Concat", [rows.leading_shape, f"{w}/columns"], [f"{y}/shape"], axis=0, name=f"{y}/shape"),
             helper.make_node("Reshape", [f"{y}/rows", f"{y}/shape"], [y], name=f"{node.name}/reshape"),
         ]
-    used = {name for node in nodes for name in node.input}
-    kept = [init for init in graph.initializer if init.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    del graph.node[:]
-    graph.node.extend(nodes)
+    replace_nodes(graph, nodes)
     if not any(opset.domain == "com.microsoft" for opset in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
 
@@ -238,8 +235,7 @@ def gemms_as_matmuls(model: Any) -> None:
         nodes.append(helper.make_node("MatMul", [node.input[0], name], [product], name=f"{node.name}/MatMul"))
         if bias:
             nodes.append(helper.make_node("Add", [product, bias], [node.output[0]], name=f"{node.name}/bias"))
-    del graph.node[:]
-    graph.node.extend(nodes)
+    replace_nodes(graph, nodes)
 
 
 def quantize_int8(source: Path, target: Path, calibration: Sequence[dict[str, np.ndarray]]) -> int:

@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from compile.graph_edits import replace_nodes
+
 WEIGHTS = "weights.data"  # every weight of the fused graph, beside it
 INLINE_BELOW = 1024  # bytes: smaller tensors stay in the graph file, as onnx's own default
 
@@ -144,12 +146,7 @@ def split_self_attention(graph: Any) -> int:
             )
         )  # fmt: skip
         rewritten += 1
-    used = {name for node in nodes for name in node.input}
-    kept = [t for t in graph.initializer if t.name in used]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    replace_nodes(graph, nodes)
     return rewritten
 
 
