@@ -98,8 +98,13 @@ def smooth(model: Any, feeds: Sequence[dict[str, np.ndarray]], alpha: float = AL
     graph.node.extend(ordered)
 
 
+def _constant_matrix(node: Any, weights: dict[str, Any]) -> bool:
+    """Whether the node's second input is a constant 2-D weight."""
+    return len(node.input) > 1 and node.input[1] in weights and len(weights[node.input[1]].dims) == 2
+
+
 def _constant_weight(node: Any, weights: dict[str, Any]) -> bool:
-    return bool(node.op_type == "MatMul" and node.input[1] in weights and len(weights[node.input[1]].dims) == 2)
+    return bool(node.op_type == "MatMul" and _constant_matrix(node, weights))
 
 
 def quantize_rows(model: Any, exclude: set[str]) -> None:
@@ -223,8 +228,7 @@ def gemms_as_matmuls(model: Any) -> None:
     for node in graph.node:
         attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         scaled = attributes.get("alpha", 1.0) != 1.0 or attributes.get("beta", 1.0) != 1.0 or attributes.get("transA")
-        constant = len(node.input) > 1 and node.input[1] in weights and len(weights[node.input[1]].dims) == 2
-        if node.op_type != "Gemm" or scaled or not constant:
+        if node.op_type != "Gemm" or scaled or not _constant_matrix(node, weights):
             nodes.append(node)
             continue
         matrix = numpy_helper.to_array(weights[node.input[1]])
